@@ -1,0 +1,69 @@
+"""Command-line parsing shared by ``python -m longshort.train`` and ``python -m longshort.evaluate``.
+
+Arguments are Hydra-style: ``recipe=NAME`` (or a path to a YAML file), then any number of
+``key=value`` overrides, plus a few ``--flags``. Errors are one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from longshort.config import Config, ConfigError, describe_schema, list_recipes, load_config, to_yaml
+
+
+@dataclass
+class Invocation:
+    recipe: str | None
+    overrides: list[str] = field(default_factory=list)
+    flags: set[str] = field(default_factory=set)
+
+
+def parse(argv: list[str], flags: dict[str, str]) -> Invocation:
+    """Split argv into the recipe, the overrides and the known ``--flags`` (name -> help)."""
+    invocation = Invocation(recipe=None)
+    for arg in argv:
+        if arg.startswith("--"):
+            if arg not in flags:
+                raise ConfigError(f"unknown flag '{arg}'; flags: {', '.join(sorted(flags))}")
+            invocation.flags.add(arg)
+        elif arg.startswith("recipe="):
+            invocation.recipe = arg.split("=", 1)[1]
+        else:
+            invocation.overrides.append(arg)
+    return invocation
+
+
+def usage(prog: str, flags: dict[str, str]) -> str:
+    lines = [f"usage: python -m {prog} recipe=NAME|PATH [key=value ...] [flags]",
+             f"recipes: {', '.join(list_recipes())}", "flags:"]
+    lines += [f"  {name:16s} {text}" for name, text in sorted(flags.items())]
+    lines.append("  -h, --help       this message")
+    return "\n".join(lines)
+
+
+def load(prog: str, argv: list[str] | None, flags: dict[str, str]) -> tuple[Config, Invocation]:
+    """Parse argv and resolve the config; handles --help, --help-config and --print-config itself.
+
+    Exits with status 0 after a help or print flag and with status 2 on a config error.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    flags = {**flags, "--help-config": "list every config key with its type and documentation",
+             "--print-config": "print the resolved config and exit"}
+    if "-h" in argv or "--help" in argv:
+        print(usage(prog, flags))
+        raise SystemExit(0)
+    try:
+        invocation = parse(argv, flags)
+        if "--help-config" in invocation.flags:
+            print(describe_schema())
+            raise SystemExit(0)
+        if invocation.recipe is None:
+            raise ConfigError(f"no recipe given: add recipe=NAME (one of {', '.join(list_recipes())}) or recipe=PATH")
+        config = load_config(invocation.recipe, invocation.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if "--print-config" in invocation.flags:
+        print(to_yaml(config), end="")
+        raise SystemExit(0)
+    return config, invocation

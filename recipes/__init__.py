@@ -1,0 +1,1 @@
+"""Recipe YAML files, shipped inside the installed package so `recipe=NAME` works from any directory."""
