@@ -283,6 +283,7 @@ needs_smollm2 = pytest.mark.skipif(
 
 
 @pytest.mark.slow
+@pytest.mark.smoke
 @needs_smollm2
 def test_smollm2_alias_converts_once_then_loads_fast(offline, tmp_path):
     first, tokenizer = load_model("smollm2-135m", dtype="fp32", device="cpu")
