@@ -1,0 +1,342 @@
+"""The embedded engine: batched generation with plain PyTorch + transformers, CPU or one GPU.
+
+A multi-turn rollout runs many episodes as coroutines; each one ``await``s ``generate`` when its
+agent's turn comes. Decoding them one by one would leave the matrix units idle, so the engine
+collects every request that is pending once the event loop has run all ready coroutines, and
+decodes them as one left-padded batch with a KV cache. Rows leave the batch as they finish, so the
+long tail of a batch pays only for itself, and each request is answered the moment it finishes, so
+its episode can move on (e.g. to a partner agent served by another engine) while the rest decode.
+
+The decode loop is ours rather than ``model.generate`` because every row carries its own sampling
+settings, token budget and stop strings, and because the contract needs the log-probability of each
+sampled token under the temperature-scaled (untruncated) distribution, which ``generate`` does not
+return in that form.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+import torch
+from transformers.cache_utils import Cache
+
+from longshort.engines.base import Generation, SamplingParams
+from longshort.registry import ENGINES
+
+
+@dataclass
+class EngineStats:
+    """Counters of what the engine did, for tests and throughput reports."""
+
+    batches: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    forward_passes: int = 0
+    forward_rows: int = 0  # rows summed over forward passes: what dropping finished rows saves
+    largest_batch: int = 0
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    future: asyncio.Future
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Batch:
+    """The decoding state of the rows still running; ``positions`` is each row's next position."""
+
+    requests: list[_Request]
+    logits: torch.Tensor
+    cache: Cache
+    mask: torch.Tensor
+    positions: torch.Tensor
+    sampler: _Sampler
+
+
+class StopStrings:
+    """Finds stop strings in generated text without decoding the whole text every step.
+
+    A stop string can end inside a token (``"</think>\\n"`` is one token in many vocabularies) or
+    span several tokens, so matching token ids is not enough and the text must be decoded. Decoding
+    is only needed when the newest token could complete a stop string, i.e. when its text contains
+    the stop string's last character; the set of such token ids is computed once per set of last
+    characters. Stop strings ending in whitespace or a non-ASCII character are checked after every
+    token, because single-token decoding does not reliably show those characters (leading-space
+    markers, partial UTF-8 bytes).
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._pieces: list[str] | None = None
+        self._candidates: dict[frozenset[str], frozenset[int] | None] = {}
+
+    def candidates(self, stops: tuple[str, ...]) -> frozenset[int] | None:
+        """Token ids that may complete one of ``stops``; None means every token may."""
+        last = frozenset(s[-1] for s in stops)
+        if last not in self._candidates:
+            if any(c.isspace() or not c.isascii() for c in last):
+                self._candidates[last] = None
+            else:
+                if self._pieces is None:
+                    self._pieces = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+                self._candidates[last] = frozenset(
+                    i for i, piece in enumerate(self._pieces) if any(c in piece for c in last)
+                )
+        return self._candidates[last]
+
+    def find(self, token_ids: list[int], stops: tuple[str, ...]) -> str | None:
+        """The stop string completed by the last token of ``token_ids``, if any."""
+        window = max(len(s.encode()) for s in stops) + 2  # every token holds at least one byte
+        tail = self.tokenizer.decode(token_ids[-window:])
+        return next((s for s in stops if s in tail), None)
+
+
+@ENGINES.register("hf")
+class HFEngine:
+    """Batches concurrent ``generate`` calls onto one Hugging Face causal LM.
+
+    ``max_batch_size`` caps the rows decoded together (more pending requests wait for the next
+    batch). ``seed`` makes sampling reproducible: the same requests arriving in the same order give
+    the same tokens. The model runs in the dtype it was loaded in (bf16 or fp32), on ``device``
+    (default: where its weights are; it is moved there otherwise) and in eval mode. Requests come
+    from one event loop at a time (the rollout runner's).
+    """
+
+    SETTLE_TICKS = 3  # event-loop ticks without a new request before a batch starts
+
+    def __init__(self, model, tokenizer, *, max_batch_size: int = 32, device: str | torch.device | None = None,
+                 seed: int | None = None):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if self.device != next(model.parameters()).device:
+            self.model.to(self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = next((i for i in (tokenizer.pad_token_id, *sorted(self.eos_ids)) if i is not None), 0)
+        self.stats = EngineStats()
+        self._stops = StopStrings(tokenizer)
+        self._pending: list[_Request] = []
+        self._pump: asyncio.Task | None = None
+
+    async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> Generation:
+        if not prompt_ids:
+            raise ValueError("prompt_ids is empty: an engine continues a prompt, it cannot start from nothing")
+        if sampling.max_new_tokens <= 0:
+            return Generation([], [], "", "length")
+        loop = asyncio.get_running_loop()
+        request = _Request(list(prompt_ids), sampling, loop.create_future())
+        self._pending.append(request)
+        if self._pump is None or self._pump.done() or self._pump.get_loop() is not loop:
+            self._pump = loop.create_task(self._serve())
+        return await request.future
+
+    async def _serve(self) -> None:
+        """Run batches while requests are pending; the only caller of the decode thread per loop."""
+        while self._pending:
+            await self._settle()
+            batch = [r for r in self._pending[: self.max_batch_size] if not r.future.done()]
+            del self._pending[: self.max_batch_size]
+            if not batch:
+                continue
+            try:
+                await asyncio.to_thread(self._decode, batch)
+            except Exception as error:  # the callers see the failure; the engine keeps serving
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(error)
+
+    async def _settle(self) -> None:
+        """Yield to the event loop until no new request arrives, so every ready episode is batched."""
+        quiet, seen = 0, len(self._pending)
+        while quiet < self.SETTLE_TICKS and seen < self.max_batch_size:
+            await asyncio.sleep(0)
+            quiet, seen = (quiet + 1, seen) if len(self._pending) == seen else (0, len(self._pending))
+
+    def _decode(self, requests: list[_Request]) -> None:
+        """Decode one batch to the end (worker thread). Finished rows are answered and dropped.
+
+        The device lock is taken per step, not per batch, so two engines (two agents' models) take
+        turns step by step instead of one waiting for the other's whole batch.
+        """
+        lock = _device_lock(self.device)
+        with torch.inference_mode():
+            with lock:
+                batch = self._prefill(requests)
+            while batch.requests:
+                with lock:
+                    self._step(batch)
+
+    def _prefill(self, requests: list[_Request]) -> _Batch:
+        """Run the left-padded prompts through the model; positions count real tokens only."""
+        self.stats.batches += 1
+        self.stats.requests += len(requests)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(requests))
+        self.stats.prompt_tokens += sum(len(r.prompt_ids) for r in requests)
+        width = max(len(r.prompt_ids) for r in requests)
+        input_ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for row, request in enumerate(requests):
+            input_ids[row, width - len(request.prompt_ids):] = torch.tensor(request.prompt_ids)
+            mask[row, width - len(request.prompt_ids):] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits, cache = self._forward(input_ids, mask, positions, None)  # the model builds its own cache
+        sampler = _Sampler([r.sampling for r in requests], self.device, self.generator)
+        return _Batch(list(requests), logits, cache, mask, positions[:, -1:] + 1, sampler)
+
+    def _step(self, batch: _Batch) -> None:
+        """Sample one token per row, retire finished rows, and run the survivors one position on."""
+        tokens, logprobs = batch.sampler.sample(batch.logits)
+        keep = [row for row, (request, token, logprob) in
+                enumerate(zip(batch.requests, tokens.tolist(), logprobs.tolist()))
+                if not self._advance(request, token, logprob)]
+        if not keep:
+            batch.requests = []
+            return
+        if len(keep) < len(batch.requests):
+            index = torch.tensor(keep, device=self.device)
+            batch.cache.batch_select_indices(index)
+            batch.requests, tokens = [batch.requests[row] for row in keep], tokens[index]
+            batch.mask, batch.positions = batch.mask[index], batch.positions[index]
+            batch.sampler = batch.sampler.select(index)
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(keep), 1))], dim=1)
+        batch.logits, batch.cache = self._forward(tokens[:, None], batch.mask, batch.positions, batch.cache)
+        batch.positions = batch.positions + 1
+
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                 cache: Cache | None) -> tuple[torch.Tensor, Cache]:
+        """Last-position logits in fp32 (sampling and log-probabilities need the precision), and the cache."""
+        self.stats.forward_passes += 1
+        self.stats.forward_rows += input_ids.shape[0]
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :].float(), out.past_key_values
+
+    def _advance(self, request: _Request, token: int, logprob: float) -> bool:
+        """Append one sampled token; answer the request and return True when it is finished."""
+        request.token_ids.append(token)
+        request.logprobs.append(logprob)
+        self.stats.generated_tokens += 1
+        stops = request.sampling.stop
+        reason: str | None = None
+        if token in self.eos_ids:
+            reason = "eos"
+        elif stops:
+            candidates = self._stops.candidates(stops)
+            if candidates is None or token in candidates:
+                reason = self._stops.find(request.token_ids, stops)
+        if reason is None and len(request.token_ids) < request.sampling.max_new_tokens:
+            return False
+        text = self.tokenizer.decode(request.token_ids, skip_special_tokens=True)
+        generation = Generation(request.token_ids, request.logprobs, text,
+                                "stop" if reason else "length", reason)
+        request.future.get_loop().call_soon_threadsafe(_resolve, request.future, generation)
+        return True
+
+
+class _Sampler:
+    """Per-row temperature / top-k / top-p sampling over a batch of logits.
+
+    The returned log-probabilities are ``log_softmax(logits / T)`` of the chosen tokens, before any
+    truncation (the distribution the trainer recomputes); greedy rows (T = 0) report T = 1 values.
+    """
+
+    NUCLEUS_WIDTH = 512  # candidates searched for the top-p nucleus before falling back to a full sort
+
+    def __init__(self, params: list[SamplingParams], device: torch.device, generator: torch.Generator | None):
+        self.generator = generator
+        self.greedy = torch.tensor([p.temperature <= 0 for p in params], device=device)
+        self.temperature = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params],
+                                        device=device)
+        self.top_k = torch.tensor([p.top_k for p in params], device=device)
+        self.top_p = torch.tensor([p.top_p for p in params], device=device)
+
+    def select(self, index: torch.Tensor) -> _Sampler:
+        picked = object.__new__(_Sampler)
+        picked.generator = self.generator
+        for name in ("greedy", "temperature", "top_k", "top_p"):
+            setattr(picked, name, getattr(self, name)[index])
+        return picked
+
+    def sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logprobs = torch.log_softmax(logits / self.temperature[:, None], dim=-1)
+        drawn = (~self.greedy).nonzero().squeeze(1)
+        if len(drawn) == len(logprobs):
+            tokens = self._draw(logprobs, self.top_k, self.top_p)
+        else:  # greedy rows have T = 1 here, so the argmax of their logprobs is the argmax of the logits
+            tokens = logprobs.argmax(dim=-1)
+            if len(drawn):
+                tokens[drawn] = self._draw(logprobs[drawn], self.top_k[drawn], self.top_p[drawn])
+        return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
+
+    def _draw(self, logprobs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+        """Sample one token per row from ``logprobs`` after top-k and top-p truncation.
+
+        Inverse-CDF sampling needs one uniform number per row; ``torch.multinomial`` draws one per
+        vocabulary entry on CPU, which costs more than the rest of a small model's decode step.
+        """
+        if bool((top_k > 0).any()) or bool((top_p < 1).any()):
+            logprobs = self._truncate(logprobs, top_k, top_p)
+        cdf = logprobs.exp().double().cumsum(dim=-1)  # fp64: the sum runs over the whole vocabulary
+        u = torch.rand((cdf.shape[0], 1), generator=self.generator, device=cdf.device, dtype=cdf.dtype)
+        # side="right" never lands on a zero-probability token (its cdf step is flat)
+        return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1).clamp_(max=cdf.shape[-1] - 1)
+
+    @staticmethod
+    def _truncate(logprobs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+        """Mask all but each row's top-k tokens and its nucleus (smallest set with mass >= top_p).
+
+        Sorting the whole vocabulary is slow on CPU, so the kept set is found among the
+        ``NUCLEUS_WIDTH`` most likely tokens, falling back to a full sort only for a distribution so
+        flat that its nucleus is wider. The cut is applied as a per-row logprob threshold (tokens
+        tied with the last kept one are kept too).
+        """
+        vocab = logprobs.shape[-1]
+        width = min(vocab, max(_Sampler.NUCLEUS_WIDTH, int(top_k.max())))
+        ordered = logprobs.topk(width, dim=-1).values
+        if bool(((top_p < 1) & (ordered.exp().sum(dim=-1) < top_p)).any()):
+            ordered, width = logprobs.sort(dim=-1, descending=True).values, vocab
+        probs = ordered.exp()
+        rank = torch.arange(width, device=logprobs.device)
+        in_nucleus = (top_p[:, None] >= 1) | (probs.cumsum(dim=-1) - probs < top_p[:, None])  # >= 1: no rounding cut
+        kept = in_nucleus & ((top_k[:, None] <= 0) | (rank < top_k[:, None]))
+        threshold = ordered.gather(1, (kept.sum(dim=-1, keepdim=True) - 1).clamp_(min=0))
+        threshold.masked_fill_(((top_k <= 0) & (top_p >= 1))[:, None], float("-inf"))  # rows without truncation
+        return logprobs.masked_fill(logprobs < threshold, float("-inf"))
+
+
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+_DEVICE_LOCKS_GUARD = threading.Lock()
+
+
+def _device_lock(device: torch.device) -> threading.Lock:
+    """One lock per device, shared by every engine in the process.
+
+    On a CPU, two engines computing at once would each start a full team of OpenMP threads and
+    oversubscribe the cores, which is several times slower than taking turns.
+    """
+    with _DEVICE_LOCKS_GUARD:
+        return _DEVICE_LOCKS.setdefault(str(device), threading.Lock())
+
+
+def _resolve(future: asyncio.Future, generation: Generation) -> None:
+    if not future.done():  # the caller may have been cancelled meanwhile
+        future.set_result(generation)
+
+
+def _eos_ids(model, tokenizer) -> frozenset[int]:
+    """End-of-sequence ids from the tokenizer and the model's generation config (chat models often add one)."""
+    ids = {tokenizer.eos_token_id}
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
+    return frozenset(i for i in ids if i is not None)
