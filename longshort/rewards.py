@@ -65,8 +65,8 @@ def length(group: list[Episode], role: str, ctx: RewardContext) -> list[float]:
     """Token cost of the agent's own tokens.
 
     ``linear``: ``-token_cost * tokens``. ``group_relative`` (the paper's code, Kimi-1.5 style):
-    ``lam = 0.5 - (n - min) / (max - min)`` over the group's token counts for this agent (0 when all
-    are equal); an agent that gives answers gets ``lam`` when the episode is correct and
+    ``lam = 0.5 - (n - min) / (max - min)`` over the token counts of the group's episodes in which
+    this agent acted (0 when all are equal, and 0 for an episode it never acted in); an agent that gives answers gets ``lam`` when the episode is correct and
     ``min(0, lam)`` otherwise, so being short never pays for a wrong answer; an agent that does not
     answer (the long agent) gets ``lam`` regardless, as the paper's ``len_LongCoT_reward`` does.
     Deviations from the paper's code, on purpose: tokens instead of characters, and the group of one
@@ -75,13 +75,14 @@ def length(group: list[Episode], role: str, ctx: RewardContext) -> list[float]:
     counts = [ep.tokens(role) for ep in group]
     if ctx.length_mode == "linear":
         return [-ctx.token_cost * n for n in counts]
-    low, high = min(counts), max(counts)
-    if high == low:
+    acted = [n for ep, n in zip(group, counts) if _acted(ep, role)]  # a silent agent is not "short"
+    if not acted or max(acted) == min(acted):
         return [0.0] * len(group)
+    low, high = min(acted), max(acted)
     gated = ctx.agents[role].gives_answer
     values = []
     for ep, n in zip(group, counts):
-        lam = 0.5 - (n - low) / (high - low)
+        lam = 0.5 - (n - low) / (high - low) if _acted(ep, role) else 0.0
         values.append(lam if (ep.outcome.correct or not gated) else min(0.0, lam))
     return values
 

@@ -263,3 +263,12 @@ def test_runner_plays_all_episodes_concurrently():
     groups = runner.run([PROBLEM, Problem("p1", "2+2?", "4")], group_size=3)
     assert [len(g) for g in groups] == [3, 3] and [ep.problem_id for ep in groups[1]] == ["p1"] * 3
     assert order == ["long"] * 6 + ["short"] * 6
+
+
+def test_length_reward_ignores_episodes_the_agent_never_acted_in():
+    agents = {"long": LongThoughtAgent("long"), "short": ShortThoughtAgent("short")}
+    silent = _episode_with_tokens(10, 0, False)
+    silent.turns = silent.turns[:1]  # the long agent failed, the short agent never spoke
+    group = [_episode_with_tokens(10, 40, True), _episode_with_tokens(10, 20, True), silent]
+    score_group(group, {"short": {"length": 1.0}}, RewardContext(agents))
+    assert [ep.rewards["short"]["length"] for ep in group] == [-0.5, 0.5, 0.0]
