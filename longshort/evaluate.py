@@ -1,0 +1,83 @@
+"""``python -m longshort.evaluate recipe=NAME [key=value ...] [out=DIR] [system=LABEL] [compare=DIR,...]``.
+
+Evaluates the recipe's Long-Short pair (``eval.mode=pair``) or one model alone (``eval.mode=single``)
+on ``eval.benchmarks`` and writes records, ``results.json``, ``table.md`` and ``plot.png`` into the
+output folder (default ``<output_dir>/eval``, or ``<output_dir>/eval_single`` for single mode). The
+table goes to stdout; progress to stderr. Ctrl-C keeps every finished episode: the same command
+resumes. Besides config overrides it takes three arguments of its own, which are not config keys:
+``out=`` (output folder), ``system=`` (the row label) and ``compare=`` (earlier evaluations' folders,
+comma-separated, shown as extra rows).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from longshort import cli
+from longshort.data import DataError
+from longshort.evaluation import EvalError, RecordError, Results, default_out_dir, evaluate_benchmarks
+from longshort.models import ModelNotFoundError
+from longshort.registry import UnknownNameError
+
+PROG = "longshort.evaluate"
+FLAGS = {"--restart": "discard this output folder's records and evaluate from scratch"}
+ARGUMENTS = {
+    "out=DIR": "output folder (default <output_dir>/eval, or <output_dir>/eval_single in single mode)",
+    "system=LABEL": "the row label of this system (default '<name> (<mode>)')",
+    "compare=DIR[,DIR]": "earlier evaluations (folders with results.json) to show as extra rows",
+}
+BUILTIN_FLAGS = {"--help-config": "list every config key with its type and documentation",
+                 "--print-config": "print the resolved config and exit"}
+
+console = Console(stderr=True)
+
+
+def split_arguments(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Take ``out=``, ``system=`` and ``compare=`` out of argv; the rest is the recipe and overrides."""
+    own = {spec.split("=")[0] for spec in ARGUMENTS}
+    found, rest = {}, []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in own:
+            found[key] = value
+        else:
+            rest.append(arg)
+    return found, rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        print(cli.usage(PROG, {**FLAGS, **BUILTIN_FLAGS}))
+        print("arguments (not config keys):")
+        print("\n".join(f"  {name:20s} {text}" for name, text in ARGUMENTS.items()))
+        return 0
+    arguments, rest = split_arguments(argv)
+    config, invocation = cli.load(PROG, rest, FLAGS)
+    out = Path(arguments["out"]) if arguments.get("out") else default_out_dir(config)
+    try:
+        compare = [Results.load(path) for path in arguments.get("compare", "").split(",") if path]
+        console.print(f"evaluating {config.name} ({config.eval.mode}) on {', '.join(config.eval.benchmarks)} "
+                      f"-> {out}")
+        results = evaluate_benchmarks(config, out_dir=out, system=arguments.get("system"),
+                                      restart="--restart" in invocation.flags, compare=compare)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/yellow]: finished episodes are kept in {out / 'records'}; "
+                      "run the same command again to resume")
+        return 130
+    except (EvalError, RecordError, DataError, UnknownNameError, FileNotFoundError, ModelNotFoundError,
+            ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print((out / "table.md").read_text(), end="")
+    rate = results.tokens_per_second
+    speed = f"; {results.generated_tokens:,} tokens in {results.generation_seconds:.1f} s ({rate:,.0f} tok/s)" \
+        if rate else ""
+    console.print(f"[green]done[/green]: {out / 'results.json'}, {out / 'table.md'}, {out / 'plot.png'}{speed}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
