@@ -1,0 +1,286 @@
+"""The embedded GRPO/PPO trainer for N policies: one process, PyTorch + transformers, CPU or one GPU.
+
+One RL step (``GRPOTrainer.step``):
+
+1. draw ``rollout.problems_per_step`` problems (seeded, cycling through the training set);
+2. roll out ``group_size`` episodes per problem with every agent acting, trained or frozen;
+3. for each agent the schedule trains at this step:
+   - **advantages** (``GRPOTrainer.samples``): the agent's ``episode.totals[role]`` per group,
+     through the estimator ``trainer.algorithm`` (``longshort.algos``), over the episodes it acted in;
+   - **loss and update** (``GRPOTrainer.update``): ``updates_per_batch`` passes over its training
+     samples in micro-batches; each recomputes the action tokens' log-probabilities, takes the
+     PPO-clip loss against the rollout's (+ ``kl_coef`` x KL to the reference), accumulates
+     gradients, and the pass ends with one clipped AdamW step.
+
+Every trainable agent owns its model (two agents on the same base model get two copies), optimiser
+and engine, so the next rollout samples from the updated weights with no synchronisation. Agents
+with ``trainable: false`` keep their weights for the whole run.
+
+Outputs in ``out_dir``: ``metrics.jsonl``, ``tensorboard/``, ``episodes/step_XXXX.jsonl`` and
+``checkpoints/step_XXXX/<role>/`` (HF model + tokenizer + optimiser state) with the trainer state
+(step, data cursor, RNG states). Constructed again on the same ``out_dir`` with the same starting
+models, the trainer resumes from the last checkpoint.
+
+Resuming restores every piece of state (weights, AdamW, schedules, data cursor, the engines' and the
+global RNGs), so a run whose rollouts are reproducible continues bit for bit, as a single-engine run
+does (``tests/test_grpo.py``). Two engines (two policies) are not reproducible run to run, resumed or
+not: the HF engine starts a batch with whatever requests are pending, and when one agent's turns
+finish at different decode steps, which of them reach the partner's engine before its batch starts
+depends on thread timing; that changes which random number each request draws and its padding.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+from longshort.algos import ADVANTAGE_ESTIMATORS, compute_advantages, masked_sum, ppo_clip_loss
+from longshort.config import Config
+from longshort.data import Problem
+from longshort.engines.hf import HFEngine
+from longshort.episode import Episode, TrainingSample, save_episodes
+from longshort.models import load_model
+from longshort.rollout import build_runner
+from longshort.trainers.metrics import MetricsLogger, episode_metrics
+from longshort.trainers.policy import MicroBatch, Policy
+from longshort.trainers.schedule import ProblemStream, Schedule
+
+ModelPair = tuple  # (PreTrainedModel, tokenizer)
+
+
+class GRPOTrainer:
+    """Multi-turn, multi-agent GRPO (or REINFORCE++-baseline / RLOO advantages) with PPO-clip.
+
+    ``models`` maps roles to already loaded ``(model, tokenizer)`` pairs (e.g. the SFT stage's
+    output); roles not in it are loaded from ``agents.<role>.model``. The trainer takes ownership of
+    the models it is given: trainable ones are updated in place and switched to eval mode.
+    ``save_episodes`` writes every step's episodes as JSONL; ``progress`` shows a console bar.
+    """
+
+    def __init__(self, config: Config, train_problems: Sequence[Problem], out_dir: str | Path,
+                 models: Mapping[str, ModelPair] | None = None, *, save_episodes: bool = True,
+                 progress: bool = True):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.save_episodes = save_episodes
+        self.progress = progress
+        tc = config.trainer
+        ADVANTAGE_ESTIMATORS.get(tc.algorithm)  # an unknown name fails now, not after the first rollout
+        if config.rollout.engine != "hf":
+            raise ValueError(f"the embedded trainer generates with the 'hf' engine; got rollout.engine="
+                             f"{config.rollout.engine} (use backend.name=openrlhf for vLLM)")
+        trainable = tuple(role for role, spec in config.agents.items() if spec.trainable)
+        if not trainable:
+            raise ValueError("no agent is trainable: set agents.<role>.trainable: true for at least one")
+        unscored = [role for role in trainable if not config.rewards.weights.get(role)]
+        if unscored:
+            raise ValueError(f"trainable agent(s) {', '.join(unscored)} have no reward terms: "
+                             f"set rewards.weights.<role> (e.g. {unscored[0]}: {{correctness: 1.0}})")
+        self.schedule = Schedule(tc.schedule, trainable, tc.first_agent, tc.phase_steps)
+        self.stream = ProblemStream(train_problems, config.seed)
+
+        held = _own_models(config, dict(models or {}))
+        self.engines: dict[str, HFEngine] = {}
+        by_model: dict[int, HFEngine] = {}
+        for role, (model, tokenizer) in held.items():
+            if id(model) not in by_model:  # seeds differ per engine so agents draw independent samples
+                by_model[id(model)] = HFEngine(model, tokenizer, max_batch_size=config.rollout.max_batch_size,
+                                               seed=config.seed + len(by_model))
+            self.engines[role] = by_model[id(model)]
+        self.policies: dict[str, Policy] = {}
+        for role, (model, tokenizer) in held.items():
+            if role in trainable:
+                steps = self.schedule.updates_of(role, tc.steps) * tc.updates_per_batch
+                self.policies[role] = Policy(role, model, tokenizer, tc, optimizer_steps=steps,
+                                             temperature=config.agents[role].sampling.temperature)
+            else:
+                model.requires_grad_(False)
+        self.runner = build_runner(config, self.engines)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict[str, Path]:
+        """Run (or resume) the RL steps; returns each trained agent's final HF model directory."""
+        tc = self.config.trainer
+        start = self.resume()
+        with MetricsLogger(self.out_dir, tc.steps, start_step=start, progress=self.progress) as logger:
+            for step in range(start, tc.steps):
+                metrics = self.step(step)
+                done = step + 1
+                logger.log(done, metrics, write=done % tc.log_every == 0 or done == tc.steps)
+                if done % tc.save_every == 0 or done == tc.steps:
+                    self.save(done)
+        return self.model_dirs()
+
+    def step(self, step: int) -> dict:
+        """One RL step (0-based): roll out, then update the agents the schedule trains now."""
+        cfg = self.config
+        began = time.perf_counter()
+        problems = self.stream.take(cfg.rollout.problems_per_step)
+        groups = self.runner.run(problems, cfg.rollout.group_size)
+        rolled = time.perf_counter()
+        episodes = [episode for group in groups for episode in group]
+        if self.save_episodes:
+            (self.out_dir / "episodes").mkdir(parents=True, exist_ok=True)
+            save_episodes(episodes, self.out_dir / "episodes" / f"step_{step + 1:04d}.jsonl")
+        metrics: dict = episode_metrics(episodes, list(cfg.agents))
+        trained = self.schedule.trained(step)
+        for role in trained:
+            stats = self.update(self.policies[role], self.samples(groups, role))
+            metrics.update({f"train/{role}/{name}": value for name, value in stats.items()})
+        finished = time.perf_counter()
+        metrics.update({"trained": list(trained), "time/rollout_s": rolled - began,
+                        "time/update_s": finished - rolled, "time/step_s": finished - began})
+        return metrics
+
+    # ------------------------------------------------------------------ advantages
+    def samples(self, groups: list[list[Episode]], role: str) -> list[TrainingSample]:
+        """``role``'s training samples, each carrying its advantage.
+
+        Rewards are ``episode.totals[role]`` shaped ``[n_groups, G]``; episodes the agent did not
+        act in are masked out of the group statistics (``longshort.algos``) and have no sample.
+        """
+        rewards = torch.tensor([[ep.totals.get(role, 0.0) for ep in group] for group in groups])
+        acted = torch.tensor([[any(t.role == role for t in ep.turns) for ep in group] for group in groups])
+        advantages = compute_advantages(self.config.trainer.algorithm, rewards, acted)
+        acting = [ep for group in groups for ep in group if any(t.role == role for t in ep.turns)]
+        samples = self.runner.training_samples(acting, role)
+        for sample, advantage in zip(samples, advantages[acted].tolist(), strict=True):
+            sample.advantage = advantage
+        return samples
+
+    # ------------------------------------------------------------------ the loss and the update
+    def update(self, policy: Policy, samples: list[TrainingSample]) -> dict[str, float]:
+        """``updates_per_batch`` optimiser steps on one agent's samples; returns its training stats.
+
+        The loss is normalised by the action tokens of *all* samples (token-mean over the batch,
+        ``algos.ppo_clip_loss``), so micro-batches accumulate to the full-batch gradient. Without a
+        KL term a sample with advantage 0 contributes exactly nothing to that gradient, so it is not
+        run through the model at all (it still counts in the normaliser): in a small run most groups
+        are all-fail or all-pass, and skipping them is most of the update time. With no sample left,
+        the pass makes no AdamW step (``Policy.step``).
+        """
+        tc = self.config.trainer
+        total_tokens = sum(sum(sample.action_mask) for sample in samples)
+        active = samples if policy.reference is not None else [s for s in samples if s.advantage != 0.0]
+        active = sorted(active, key=lambda s: len(s.input_ids))  # similar lengths share a micro-batch: less padding
+        batches = [MicroBatch.collate(active[i: i + tc.micro_batch_size], policy.pad_id, policy.device)
+                   for i in range(0, len(active), tc.micro_batch_size)]
+        with torch.no_grad():
+            refs = [policy.logprobs(b, reference=True)[0] if policy.reference is not None else None for b in batches]
+        sums = dict.fromkeys(("policy_loss", "kl", "entropy", "clipped", "logprob_err", "grad_norm", "lr"), 0.0)
+        tokens = sum(float(b.action_mask.sum()) for b in batches)
+        policy.train_mode()
+        try:
+            for update in range(tc.updates_per_batch):
+                policy.zero_grad()
+                for batch, ref in zip(batches, refs):
+                    logprobs, entropy = policy.logprobs(batch, with_entropy=update == 0)
+                    terms = ppo_clip_loss(logprobs, batch.old_logprobs, batch.advantages, batch.action_mask,
+                                          clip_eps=tc.clip_eps, normalizer=max(total_tokens, 1), ref_logprobs=ref,
+                                          kl_coef=tc.kl_coef, kl_estimator=tc.kl_estimator)
+                    terms.loss.backward()
+                    policy.accumulate_grads()
+                    sums["policy_loss"] += float(terms.policy_loss)
+                    sums["kl"] += float(terms.kl)
+                    sums["clipped"] += float(terms.clipped_tokens)
+                    if update == 0:  # how far the recomputed log-probs are from the rollout's (~0 is healthy)
+                        sums["entropy"] += float(masked_sum(entropy, batch.action_mask))
+                        sums["logprob_err"] += float(masked_sum((logprobs.detach() - batch.old_logprobs).abs(),
+                                                                batch.action_mask))
+                sums["lr"] += policy.lr
+                sums["grad_norm"] += policy.step()
+        finally:
+            policy.eval_mode()
+        passes, seen = tc.updates_per_batch, max(tokens, 1.0)
+        stats = {"policy_loss": sums["policy_loss"] / passes, "grad_norm": sums["grad_norm"] / passes,
+                 "lr": sums["lr"] / passes, "clip_frac": sums["clipped"] / (seen * passes),
+                 "entropy": sums["entropy"] / seen, "logprob_err": sums["logprob_err"] / seen,
+                 "samples": float(len(samples)), "trained_samples": float(len(active)),
+                 "tokens": float(total_tokens),
+                 "adv_abs_mean": sum(abs(s.advantage) for s in samples) / max(len(samples), 1)}
+        if policy.reference is not None:
+            stats["kl"] = sums["kl"] / (seen * passes)
+        return stats
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def save(self, step: int) -> Path:
+        """Write ``checkpoints/step_XXXX`` atomically (a temporary folder renamed into place), then
+        remove older checkpoints: only the newest is needed to resume."""
+        final = self.checkpoint_root / f"step_{step:04d}"
+        tmp = self.checkpoint_root / f".tmp_step_{step:04d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for role, policy in self.policies.items():
+            policy.save(tmp / role)
+        state = {"step": step, "data_cursor": self.stream.cursor,
+                 "trained_next": list(self.schedule.trained(step)) if step < self.config.trainer.steps else [],
+                 "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                 "engine_rng": {role: engine.generator.get_state() for role, engine in self.engines.items()}}
+        torch.save(state, tmp / "trainer_state.pt")
+        (tmp / "state.json").write_text(json.dumps(
+            {key: state[key] for key in ("step", "data_cursor", "trained_next")}) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in self.checkpoint_root.glob("step_*"):
+            if old != final:
+                shutil.rmtree(old)
+        return final
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(p for p in self.checkpoint_root.glob("step_*") if (p / "trainer_state.pt").is_file())
+        return found[-1] if found else None
+
+    def resume(self) -> int:
+        """Restore the newest checkpoint, if any; returns the number of RL steps already done."""
+        checkpoint = self.latest_checkpoint()
+        if checkpoint is None:
+            return 0
+        state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+        for role, policy in self.policies.items():
+            policy.load(checkpoint / role)
+        self.stream.cursor = state["data_cursor"]
+        random.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        for role, engine in self.engines.items():
+            engine.generator.set_state(state["engine_rng"][role])
+        return state["step"]
+
+    def model_dirs(self) -> dict[str, Path]:
+        """Each trained agent's model in the newest checkpoint (what evaluation should load)."""
+        checkpoint = self.latest_checkpoint()
+        return {role: checkpoint / role for role in self.policies} if checkpoint else {}
+
+
+def _own_models(config: Config, given: dict[str, ModelPair]) -> dict[str, ModelPair]:
+    """A ``(model, tokenizer)`` per role, loading those not given. A trainable agent never shares its
+    model object with another agent (it would move the other's weights): it gets a deep copy.
+    Frozen agents with the same model share one object, and so one engine and its batches."""
+    loaded: dict[tuple, ModelPair] = {}
+    held: dict[str, ModelPair] = {}
+    claimed: dict[int, bool] = {}  # model id -> whether a trainable agent holds it
+    for role, spec in config.agents.items():
+        if role in given:
+            model, tokenizer = given[role]
+        else:
+            key = (spec.model.name_or_path, spec.model.dtype, spec.model.device)
+            if key not in loaded:
+                loaded[key] = load_model(spec.model.name_or_path, dtype=spec.model.dtype, device=spec.model.device)
+            model, tokenizer = loaded[key]
+        if id(model) in claimed and (spec.trainable or claimed[id(model)]):
+            model = copy.deepcopy(model)
+        claimed[id(model)] = claimed.get(id(model), False) or spec.trainable
+        held[role] = (model, tokenizer)
+    return held

@@ -1,0 +1,101 @@
+"""What an RL step reports, and where it goes: ``metrics.jsonl``, TensorBoard and a progress bar.
+
+Metric names are flat ``group/agent/name`` strings so the JSONL, TensorBoard and any plotting script
+share one vocabulary:
+
+- ``reward/<role>/<term>`` and ``reward/<role>/total``: mean over the step's episodes;
+- ``tokens/<role>``: mean tokens the agent generated per episode; ``format/<role>``: fraction of
+  episodes in which the agent acted and every one of its turns passed its format check;
+- ``episode/accuracy`` (verified answers), ``episode/finished`` (ended with a well-formed final
+  answer), ``episode/turns``, ``episode/tokens``;
+- ``train/<role>/<name>`` for each agent updated this step: policy_loss, kl, entropy, clip_frac,
+  grad_norm, lr, samples, tokens, adv_abs_mean;
+- ``time/rollout_s``, ``time/update_s``, ``time/step_s``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from statistics import fmean
+from typing import Mapping, Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from longshort.episode import Episode
+
+
+def episode_metrics(episodes: Sequence[Episode], roles: Sequence[str]) -> dict[str, float]:
+    """Reward terms, tokens and format per agent, and accuracy, completion and length per episode."""
+    metrics: dict[str, float] = {
+        "episode/accuracy": fmean(float(ep.outcome.correct) for ep in episodes),
+        "episode/finished": fmean(float(ep.outcome.finished) for ep in episodes),
+        "episode/turns": fmean(len(ep.turns) for ep in episodes),
+        "episode/tokens": fmean(ep.tokens() for ep in episodes),
+    }
+    for role in roles:
+        terms = sorted({term for ep in episodes for term in ep.rewards.get(role, {})})
+        for term in terms:
+            metrics[f"reward/{role}/{term}"] = fmean(ep.rewards.get(role, {}).get(term, 0.0) for ep in episodes)
+        if any(role in ep.totals for ep in episodes):
+            metrics[f"reward/{role}/total"] = fmean(ep.totals.get(role, 0.0) for ep in episodes)
+        metrics[f"tokens/{role}"] = fmean(ep.tokens(role) for ep in episodes)
+        metrics[f"format/{role}"] = fmean(
+            float(any(t.role == role for t in ep.turns) and all(t.format_ok for t in ep.turns if t.role == role))
+            for ep in episodes)
+    return metrics
+
+
+class MetricsLogger:
+    """Appends one JSON line per logged step, mirrors it to TensorBoard, and drives a progress bar.
+
+    On resume, lines and TensorBoard events after the restored step are dropped, so a run killed
+    between a log write and a checkpoint does not end up with a step logged twice.
+    """
+
+    def __init__(self, out_dir: Path, total_steps: int, *, start_step: int = 0, progress: bool = True):
+        from torch.utils.tensorboard import SummaryWriter  # pulls in tensorboard: only when training
+
+        self.path = out_dir / "metrics.jsonl"
+        self._truncate_after(start_step)
+        self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step + 1)
+        self.progress = Progress(TextColumn("[bold]RL[/bold] step"), MofNCompleteColumn(), BarColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[summary]}"),
+                                 console=Console(stderr=True), disable=not progress)
+        self.task = self.progress.add_task("rl", total=total_steps, completed=start_step, summary="")
+
+    def __enter__(self) -> "MetricsLogger":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+        self.writer.close()
+
+    def _truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, step: int, metrics: Mapping[str, float | str | list], *, write: bool) -> None:
+        """Advance the bar to ``step`` (1-based); with ``write``, append the line and the scalars."""
+        if write:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps({"step": step, **metrics}) + "\n")
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+        self.progress.update(self.task, completed=step, summary=_summary(metrics))
+
+
+def _summary(metrics: Mapping[str, float | str | list]) -> str:
+    """The few numbers worth a glance on the console."""
+    parts = [f"acc {metrics['episode/accuracy']:.2f}", f"fin {metrics['episode/finished']:.2f}"]
+    parts += [f"R({key.split('/')[1]}) {value:+.2f}" for key, value in metrics.items()
+              if key.startswith("reward/") and key.endswith("/total")]
+    parts.append(f"train {','.join(metrics.get('trained', [])) or '-'}")
+    parts.append(f"{metrics['time/rollout_s']:.0f}s+{metrics['time/update_s']:.0f}s")
+    return "  ".join(parts)

@@ -1,0 +1,226 @@
+"""One trainable agent: its model, optimiser, learning-rate schedule, reference model and engine.
+
+Precision: the model computes in the dtype it was loaded in (``agents.<role>.model.dtype``; ``auto``
+picks bf16 where the hardware runs it natively), and the optimiser always updates fp32 **master
+weights**. For a bf16 model the master copy lives here: each micro-batch's bf16 gradients are added
+into fp32 master gradients, AdamW steps the master weights, and the result is cast back into the
+model's own parameters in place. Why not fp32 weights under ``torch.autocast``: the rollout engine
+decodes with this same model object in its own worker thread, where autocast (thread-local) does
+not reach, so rollouts would run in fp32 at half the speed (and casting every weight at every
+decode step costs as much again). Why keep fp32 masters at all: a bf16 weight has 8 bits of
+mantissa, so an update of relative size lr = 1e-5 would round away entirely.
+
+The engine bound to a policy generates with the policy's model object, so an update in place is what
+the next rollout samples from: there is no weight synchronisation step.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from longshort.algos import entropy_from_logits
+from longshort.config import TrainerConfig
+from longshort.episode import TrainingSample
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor of optimiser step ``step`` (0-based): linear warm-up, then cosine to 0.
+
+    The warm-up starts at ``1/warmup`` rather than 0 (HF's schedule makes its first step a no-op),
+    because a tiny run has few optimiser steps to spare.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class MicroBatch:
+    """Right-padded training samples. Only positions from ``start`` on hold action tokens, so the
+    model computes logits for those positions alone (prompts are most of a Long-Short sequence)."""
+
+    input_ids: Tensor  # [B, L]
+    attention_mask: Tensor  # [B, L]
+    start: int  # the first action token of any row
+    action_mask: Tensor  # [B, L - start]: which targets input_ids[:, start:] are action tokens
+    old_logprobs: Tensor  # [B, L - start]: rollout log-probabilities of those targets
+    advantages: Tensor  # [B]
+
+    @classmethod
+    def collate(cls, samples: Sequence[TrainingSample], pad_id: int, device: torch.device) -> "MicroBatch":
+        width = max(len(s.input_ids) for s in samples)
+
+        def pad(rows: list[list], value) -> list[list]:
+            return [row + [value] * (width - len(row)) for row in rows]
+
+        ids = torch.tensor(pad([s.input_ids for s in samples], pad_id), device=device)
+        attention = torch.tensor(pad([[1] * len(s.input_ids) for s in samples], 0), device=device)
+        action = torch.tensor(pad([s.action_mask for s in samples], 0), device=device)
+        old = torch.tensor(pad([s.logprobs for s in samples], 0.0), dtype=torch.float32, device=device)
+        start = min(s.action_mask.index(1) for s in samples)
+        if start < 1:
+            raise ValueError("a training sample starts with an action token: there is no prompt to predict it from")
+        advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32, device=device)
+        return cls(ids, attention, start, action[:, start:].float(), old[:, start:], advantages)
+
+
+class Policy:
+    """An agent's trainable model with its optimiser state.
+
+    ``temperature`` is the agent's sampling temperature: log-probabilities are recomputed as
+    ``log_softmax(logits / T)``, the distribution the engine sampled from (T = 1 for greedy agents).
+    The reference model (a frozen copy of the starting weights, for the KL penalty) is made only
+    when ``config.kl_coef > 0``.
+    """
+
+    def __init__(self, role: str, model, tokenizer, config: TrainerConfig, *, temperature: float,
+                 optimizer_steps: int):
+        if next(model.parameters()).dtype == torch.float16:
+            raise ValueError(f"agent '{role}': fp16 training needs loss scaling, which this trainer does not do; "
+                             "load the model in bf16 or fp32 (agents.<role>.model.dtype)")
+        self.role = role
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.device = next(model.parameters()).device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        _disable_dropout(model)
+        model.eval()
+        self.reference = _frozen_copy(model) if config.kl_coef > 0 else None
+        if config.gradient_checkpointing:  # renamed in transformers 5.x; the old name warns until v6
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        mixed = any(p.dtype != torch.float32 for p in self.params)
+        self.master = ([p.detach().float().clone().requires_grad_(True) for p in self.params] if mixed
+                       else self.params)
+        self.optimizer = torch.optim.AdamW(self.master, lr=config.lr, weight_decay=0.0)
+        warmup = max(1, math.ceil(config.warmup_ratio * optimizer_steps)) if config.warmup_ratio > 0 else 0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: cosine_with_warmup(s, optimizer_steps, warmup))
+
+    # ------------------------------------------------------------------ forward
+    def logprobs(self, batch: MicroBatch, *, reference: bool = False,
+                 with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Log-probabilities ``[B, L - start]`` of ``input_ids[:, start:]`` at the agent's temperature,
+        and (without gradient) the entropy of each of those positions' distributions."""
+        model = self.reference if reference else self.model
+        keep = batch.input_ids.shape[1] - batch.start + 1  # position p predicts token p + 1
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep,
+                    use_cache=False)
+        logits = out.logits[:, :-1].float() / self.temperature
+        targets = batch.input_ids[:, batch.start:]
+        logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(dim=-1)
+        entropy = None
+        if with_entropy:
+            with torch.no_grad():
+                entropy = entropy_from_logits(logits.detach())
+        return logprobs, entropy
+
+    # ------------------------------------------------------------------ optimisation
+    def train_mode(self) -> None:
+        """Train mode for the update (gradient checkpointing only runs in it); dropout is off anyway."""
+        self.model.train()
+
+    def eval_mode(self) -> None:
+        """Back to eval mode (KV cache on) before the engine decodes with the model again."""
+        self.model.eval()
+
+    def zero_grad(self) -> None:
+        """Clear the gradients of a pass: None, so a pass without any backward is recognisable in ``step``."""
+        for p in self.master:
+            p.grad = None
+        for p in self.params:
+            p.grad = None
+
+    def accumulate_grads(self) -> None:
+        """Move the model's low-precision gradients into the fp32 master gradients (after each backward)."""
+        if self.master is self.params:
+            return
+        for p, m in zip(self.params, self.master):
+            if p.grad is not None:
+                m.grad = p.grad.float() if m.grad is None else m.grad.add_(p.grad)
+                p.grad = None
+
+    def step(self) -> float:
+        """Clip, step AdamW and the schedule, write the master weights back; returns the gradient norm.
+
+        A pass that produced no gradient (no sample carried an advantage) moves nothing: AdamW is
+        not stepped, so it does not re-apply old momentum to a batch without signal (TRL would step
+        with a zero gradient); the schedule still advances, so it ends where it was planned to.
+        """
+        norm = 0.0
+        if any(m.grad is not None for m in self.master):
+            norm = float(torch.nn.utils.clip_grad_norm_(self.master, self.config.grad_clip))
+            self.optimizer.step()
+            self._write_back()
+        with warnings.catch_warnings():  # torch warns when the very first pass is such a skipped one
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
+        return norm
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _write_back(self) -> None:
+        if self.master is self.params:
+            return
+        with torch.no_grad():
+            for p, m in zip(self.params, self.master):
+                p.copy_(m)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, directory: Path) -> None:
+        """The model in HF format with the fp32 master weights (loadable by ``load_model``), the
+        tokenizer, and the optimiser and schedule state."""
+        directory.mkdir(parents=True, exist_ok=True)
+        master = {p.data_ptr(): m.detach() for p, m in zip(self.params, self.master)}  # tied keys share a pointer
+        state = {name: master.get(tensor.data_ptr(), tensor) for name, tensor in self.model.state_dict().items()}
+        self.model.save_pretrained(directory, state_dict=state)
+        self.tokenizer.save_pretrained(directory)
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                   directory / "optimizer.pt")
+
+    def load(self, directory: Path) -> None:
+        """Restore what ``save`` wrote: master and model weights, optimiser and schedule."""
+        weights: dict[str, Tensor] = {}
+        for shard in sorted(directory.glob("model*.safetensors")):  # one file, or shards of a big model
+            weights.update(load_file(shard, device=str(self.device)))
+        names: dict[int, list[str]] = {}  # a tied parameter has several names; the file keeps one of them
+        for name, tensor in self.model.state_dict().items():
+            names.setdefault(tensor.data_ptr(), []).append(name)
+        with torch.no_grad():
+            for p, m in zip(self.params, self.master):
+                m.copy_(weights[next(name for name in names[p.data_ptr()] if name in weights)])
+        self._write_back()
+        state = torch.load(directory / "optimizer.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def _disable_dropout(model) -> None:
+    """Dropout off for good: the update's recomputed log-probabilities must equal the rollout's at the
+    first pass (ratio 1), which dropout noise would break. HF attention reads a float attribute."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
+def _frozen_copy(model):
+    reference = copy.deepcopy(model).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return reference
