@@ -146,6 +146,7 @@ class TrainerConfig:
 
 @dataclass
 class SFTConfig:
+    examples: Optional[int] = _f(None, "Cold-start transcripts built from the training problems (None: one per problem).")
     lr: float = _f(1e-5, "Peak learning rate of cold-start SFT.")
     epochs: int = _f(3, "Passes over the cold-start examples.")
     batch_size: int = _f(8, "Examples per optimiser step (before accumulation).")

@@ -7,6 +7,7 @@ from ``stages`` to skip it, or delete its marker to redo it.
 """
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -16,15 +17,16 @@ from rich.console import Console
 
 from longshort import cli
 from longshort.config import Config, DataSourceConfig, to_yaml
-from longshort.data import Problem, load_problems, save_jsonl
+from longshort.coldstart import load_coldstart, write_coldstart
+from longshort.data import Problem, load_jsonl, load_problems, save_jsonl
+from longshort.models import load_model
+from longshort.rollout import build_agents
+from longshort.sft import run_sft
 
 console = Console(stderr=True)
 
-FLAGS = {"--restart": "ignore DONE markers and run every stage again"}
-
-
-class StageNotImplemented(RuntimeError):
-    """A pipeline stage whose implementation has not landed yet."""
+FLAGS = {"--restart": "ignore DONE markers and run every stage again",
+         "--dry-run": "print what would run (for backend.name=openrlhf: every command with its flags) and exit"}
 
 
 def load_source(source: DataSourceConfig, seed: int) -> list[Problem]:
@@ -56,19 +58,61 @@ def stage_data(config: Config, run: Path) -> None:
         console.print(f"data: {len(problems)} {split} problems from {source.source} -> {out / f'{split}.jsonl'}")
 
 
-def _not_implemented(name: str) -> Callable[[Config, Path], None]:
-    def stage(config: Config, run: Path) -> None:
-        raise StageNotImplemented(f"stage '{name}' is not implemented yet; the run stops here "
-                                  f"(the config and the completed stages are saved in {run})")
-    return stage
+def _problems(run: Path, split: str) -> list[Problem]:
+    path = run / "data" / f"{split}.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the data stage first (put 'data' back into stages)")
+    return load_jsonl(path)
 
 
-STAGE_FUNCTIONS: dict[str, Callable[[Config, Path], None]] = {
-    "data": stage_data,
-    "sft": _not_implemented("sft"),
-    "rl": _not_implemented("rl"),
-    "eval": _not_implemented("eval"),
-}
+def stage_models(config: Config, run: Path, stage: str) -> dict[str, str]:
+    """Where each agent's weights are after ``stage`` ("base", "sft" or "rl"): a Hub id or a folder.
+
+    An agent a stage did not train keeps the weights it had before it (a frozen RL partner keeps its
+    SFT weights; a stage that was skipped leaves the previous stage's).
+    """
+    models = {role: spec.model.name_or_path for role, spec in config.agents.items()}
+    if stage in ("sft", "rl"):
+        for role in models:
+            if (run / "sft" / role / "final").is_dir():
+                models[role] = str(run / "sft" / role / "final")
+    if stage == "rl" and (run / "rl" / "final.json").is_file():
+        models.update(json.loads((run / "rl" / "final.json").read_text()))
+    return models
+
+
+def stage_sft(config: Config, run: Path) -> None:
+    """Cold-start data from the training problems' gold steps, then SFT of each agent in its style."""
+    problems = _problems(run, "train")[: config.sft.examples]
+    paths = write_coldstart(problems, run / "sft" / "coldstart", config.seed, roles=tuple(config.agents))
+    if config.backend.name == "openrlhf":
+        from longshort.trainers import openrlhf_launcher
+
+        openrlhf_launcher.run(config, stages=["sft"])
+        return
+    agents = build_agents(config)
+    for role, spec in config.agents.items():
+        transcripts = load_coldstart(paths[role])
+        console.print(f"sft: {role} agent on {len(transcripts)} cold-start transcripts")
+        model, tokenizer = load_model(spec.model.name_or_path, dtype="fp32", device=spec.model.device)
+        run_sft(model, tokenizer, agents[role], transcripts, config.sft, run / "sft" / role, seed=config.seed)
+
+
+def stage_rl(config: Config, run: Path) -> None:
+    """Multi-turn GRPO from the SFT weights; ``rl/final.json`` names each trained agent's final weights."""
+    if config.backend.name == "openrlhf":
+        from longshort.trainers import openrlhf_launcher
+
+        openrlhf_launcher.run(config, stages=["rl"])
+        finals = openrlhf_launcher.final_checkpoints(config)
+        (run / "rl" / "final.json").write_text(json.dumps({role: str(p) for role, p in finals.items()}) + "\n")
+        return
+    from longshort.trainers import GRPOTrainer
+
+    models = {role: load_model(path, dtype=config.agents[role].model.dtype, device=config.agents[role].model.device)
+              for role, path in stage_models(config, run, "sft").items()}
+    finals = GRPOTrainer(config, _problems(run, "train"), run / "rl", models).train()
+    (run / "rl" / "final.json").write_text(json.dumps({role: str(path) for role, path in finals.items()}) + "\n")
 
 
 def run_pipeline(config: Config, *, restart: bool = False) -> Path:
@@ -87,14 +131,24 @@ def run_pipeline(config: Config, *, restart: bool = False) -> Path:
     return run
 
 
+def dry_run(config: Config) -> None:
+    if config.backend.name == "openrlhf":
+        from longshort.trainers import openrlhf_launcher
+
+        openrlhf_launcher.run(config, dry_run=True)
+        return
+    for name in config.stages:
+        done = (Path(config.output_dir) / name / "DONE").exists()
+        console.print(f"{name}: {'done, would be skipped' if done else 'would run'} (embedded backend)")
+
+
 def main(argv: list[str] | None = None) -> int:
     config, invocation = cli.load("longshort.train", argv, FLAGS)
     console.print(to_yaml(config), highlight=False, markup=False)
-    try:
-        run = run_pipeline(config, restart="--restart" in invocation.flags)
-    except StageNotImplemented as err:
-        console.print(f"[yellow]{err}[/yellow]")
+    if "--dry-run" in invocation.flags:
+        dry_run(config)
         return 0
+    run = run_pipeline(config, restart="--restart" in invocation.flags)
     console.print(f"[green]run complete:[/green] {run}")
     return 0
 

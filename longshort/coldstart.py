@@ -1,0 +1,191 @@
+"""Cold-start data: Long-Short transcripts built from gold step-by-step solutions.
+
+The paper fine-tunes each agent on ~1k synthesised transcripts before RL, but its synthesis code is
+unreleased (``longshort_method.md`` §3: "the exact construction rules are UNCONFIRMED"). Here the
+transcripts come from problems that carry gold solution steps (``meta["steps"]``: the synthetic
+generator's step sentences, GSM8K's solution lines), under these rules.
+
+IMPL-CHOICE (documented, not the paper's):
+
+- Front steps are the important thoughts (the paper finds that early "problem understanding"
+  thoughts carry most of the accuracy), so the long agent writes the first steps **in full**:
+  ``<think>\\n step sentence \\n ... \\n</think>``.
+- The short agent writes the remaining steps **concisely**, as just their arithmetic (``a op b = c``,
+  taken from the step sentence; a step without a recognisable equation is kept verbatim), and
+  finishes with ``\\boxed{answer} </answer>``. With no steps left it writes only the boxed answer.
+- Plans, drawn per problem from ``random.Random(f"...:{seed}:{problem.id}")`` (so a transcript depends
+  only on the seed and its problem, not on list order or process):
+  * ``direct``: long(steps[:k]) -> short(steps[k:], boxed), with k uniform in 1..ceil(n/2);
+  * ``handback`` (problems with >= 3 steps, with probability ``handback_prob``): cut points
+    1 <= a < b < c <= n, long(steps[:a]) -> short(steps[a:b]) ``</rethink>`` -> long(steps[b:c]) ->
+    short(steps[c:], boxed). One hand-back at most, so a transcript has at most 4 turns and fits the
+    tiny recipe's ``env.max_turns``.
+- ``</overthink>`` is never produced: its meaning is unconfirmed and the agents' format checks do not
+  accept it as a long-turn ending.
+- Every turn is checked with the agents' own ``check_format``; a problem whose turns would fail
+  (e.g. a step that contains a protocol tag) is skipped and counted in the log, never written.
+
+A transcript record is ``{"id", "question", "answer", "plan", "turns": [{"role", "text"}, ...]}``.
+``write_coldstart`` writes one JSONL file per agent role (``long.jsonl``, ``short.jsonl``) holding
+the transcripts in which that agent acts, each with a ``role`` field naming the agent that trains
+on it; ``longshort.sft`` turns them into token sequences with the agent's own view.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from agents.long_short import LongThoughtAgent, ShortThoughtAgent
+from longshort.data import Problem
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("long", "short")  # default role names of the two agents (recipes: agents.long, agents.short)
+DEFAULT_HANDBACK_PROB = 0.5
+
+_NUM = r"\$?\d[\d,]*(?:\.\d+)?%?"
+# An equation inside a step sentence: a left side of numbers, operators and brackets, "=", a number.
+# The left side must hold an operator (checked in code), so "x = 5" style restatements are not kept.
+_EQUATION = re.compile(rf"(?P<lhs>[\d$.,%()+\-*/×÷ ]*\d[\d$.,%()+\-*/×÷ ]*?)\s*=\s*(?P<rhs>{_NUM})")
+_OPERATOR = re.compile(r"\d\s*[-+*/×÷]\s*[\d(]|\)\s*[-+*/×÷]")
+
+
+class ColdStartError(ValueError):
+    """A cold-start file or record that cannot be used; the message names the file, line and fix."""
+
+
+def concise(step: str) -> str:
+    """The arithmetic of a step sentence (``"32 / 4 = 8"``), or the sentence itself if it has none."""
+    found = []
+    for match in _EQUATION.finditer(step):
+        lhs = match.group("lhs").strip(" ,.")
+        if _OPERATOR.search(lhs) and lhs.count("(") == lhs.count(")"):
+            found.append(f"{lhs} = {match.group('rhs').rstrip(',.')}")
+    text = ", ".join(found) if found else step.strip()
+    return text if text.endswith(".") else text + "."
+
+
+def long_turn(steps: Sequence[str]) -> str:
+    return "<think>\n" + "\n".join(s.strip() for s in steps) + "\n</think>"
+
+
+def short_turn(steps: Sequence[str], answer: str | None) -> str:
+    """A concise continuation: hands back with ``</rethink>`` when ``answer`` is None, else finishes."""
+    parts = [concise(s) for s in steps]
+    if answer is None:
+        return "<answer> " + " ".join(parts) + " </rethink>"
+    return "<answer> " + " ".join([*parts, f"\\boxed{{{answer}}}"]) + " </answer>"
+
+
+def _plan(n: int, rng: random.Random, handback_prob: float) -> tuple[str, list[tuple[int, int]]]:
+    """The plan name and the step ranges of the turns, alternating long/short from a long turn."""
+    if n >= 3 and rng.random() < handback_prob:
+        a, b, c = sorted(rng.sample(range(1, n + 1), 3))
+        return "handback", [(0, a), (a, b), (b, c), (c, n)]
+    k = rng.randint(1, max(1, math.ceil(n / 2)))
+    return "direct", [(0, k), (k, n)]
+
+
+def transcript(problem: Problem, seed: int, *, handback_prob: float = DEFAULT_HANDBACK_PROB,
+               roles: tuple[str, str] = ROLES) -> dict | None:
+    """One problem's transcript, or None when it has no gold steps or a turn fails the format checks."""
+    steps = [s for s in problem.meta.get("steps") or [] if s.strip()]
+    if not steps:
+        return None
+    rng = random.Random(f"longshort-coldstart:{seed}:{problem.id}")
+    plan, ranges = _plan(len(steps), rng, handback_prob)
+    long_role, short_role = roles
+    turns = []
+    for index, (start, end) in enumerate(ranges):
+        if index % 2 == 0:
+            turns.append({"role": long_role, "text": long_turn(steps[start:end])})
+        else:
+            final = index == len(ranges) - 1
+            turns.append({"role": short_role, "text": short_turn(steps[start:end], problem.answer if final else None)})
+    record = {"id": problem.id, "question": problem.prompt, "answer": problem.answer, "plan": plan, "turns": turns}
+    return record if well_formed(record, roles) else None
+
+
+_CHECKERS = {0: LongThoughtAgent("long"), 1: ShortThoughtAgent("short")}
+
+
+def well_formed(record: dict, roles: tuple[str, str] = ROLES) -> bool:
+    """Every turn passes its agent's format check, roles alternate from long, and only the last turn finishes."""
+    turns = record["turns"]
+    if not turns or len(turns) % 2:
+        return False
+    for index, turn in enumerate(turns):
+        if turn["role"] != roles[index % 2]:
+            return False
+        result = _CHECKERS[index % 2].check_format(turn["text"], "stop")
+        expected = "think" if index % 2 == 0 else ("final" if index == len(turns) - 1 else "handback")
+        if not result.ok or result.kind != expected:
+            return False
+    return True
+
+
+def build_transcripts(problems: Iterable[Problem], seed: int, *, handback_prob: float = DEFAULT_HANDBACK_PROB,
+                      roles: tuple[str, str] = ROLES) -> list[dict]:
+    """Transcripts for every problem that has gold steps, in problem order; skipped problems are logged."""
+    built, skipped = [], 0
+    for problem in problems:
+        record = transcript(problem, seed, handback_prob=handback_prob, roles=roles)
+        if record is None:
+            skipped += 1
+        else:
+            built.append(record)
+    if skipped:
+        logger.warning("cold start: skipped %d problem(s) without gold steps or with turns that fail the format "
+                       "checks; built %d transcripts", skipped, len(built))
+    return built
+
+
+def write_coldstart(problems: Iterable[Problem], out_dir: str | Path, seed: int, *,
+                    handback_prob: float = DEFAULT_HANDBACK_PROB, roles: tuple[str, str] = ROLES) -> dict[str, Path]:
+    """Write ``<role>.jsonl`` per agent (the transcripts it acts in, tagged with ``role``); role -> path."""
+    records = build_transcripts(problems, seed, handback_prob=handback_prob, roles=roles)
+    if not records:
+        raise ColdStartError("no cold-start transcripts could be built: the problems carry no gold solution "
+                             "steps (meta['steps']); use synthetic or GSM8K problems for the cold start")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for role in roles:
+        path = out / f"{role}.jsonl"
+        tmp = path.with_suffix(".jsonl.tmp")
+        with open(tmp, "w") as handle:
+            for record in records:
+                if any(turn["role"] == role for turn in record["turns"]):
+                    handle.write(json.dumps({**record, "role": role}) + "\n")
+        tmp.replace(path)
+        paths[role] = path
+    return paths
+
+
+def load_coldstart(path: str | Path, role: str | None = None) -> list[dict]:
+    """Transcript records of a cold-start JSONL file (only those for ``role`` when given)."""
+    records = []
+    with open(path) as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ColdStartError(f"{path}:{line_number}: not valid JSON ({err.msg}); "
+                                     "regenerate the file with write_coldstart") from None
+            missing = [key for key in ("id", "question", "turns") if key not in record]
+            bad_turn = not isinstance(record.get("turns"), list) or any(
+                not isinstance(t, dict) or "role" not in t or "text" not in t for t in record.get("turns", []))
+            if missing or bad_turn:
+                what = f"missing field(s) {', '.join(missing)}" if missing else "turns must be {role, text} objects"
+                raise ColdStartError(f"{path}:{line_number}: {what}; expected a record "
+                                     '{"id", "question", "answer", "turns": [{"role", "text"}, ...]}')
+            if role is None or record.get("role", role) == role:
+                records.append(record)
+    return records
