@@ -115,6 +115,45 @@ def stage_rl(config: Config, run: Path) -> None:
     (run / "rl" / "final.json").write_text(json.dumps({role: str(path) for role, path in finals.items()}) + "\n")
 
 
+def stage_eval(config: Config, run: Path) -> None:
+    """The held-out problems with the base, SFT and RL weights; ``summary.md`` puts them side by side."""
+    from longshort.evaluation import evaluate_problems
+
+    heldout = _problems(run, "eval")
+    rows = []
+    for checkpoint in ("base", *[stage for stage in ("sft", "rl") if stage in config.stages]):
+        staged = copy.deepcopy(config)
+        for role, path in stage_models(config, run, checkpoint).items():
+            staged.agents[role].model.name_or_path = path
+        console.print(f"eval: {checkpoint} weights on {len(heldout)} held-out problems")
+        results = evaluate_problems(staged, heldout, out_dir=run / "eval" / checkpoint, system=checkpoint)
+        rows.append((checkpoint, results.sets["heldout"]))
+    summary = summary_table(rows, list(config.agents))
+    (run / "summary.md").write_text(summary)
+    (run / "summary.json").write_text(json.dumps({name: result.to_dict() for name, result in rows}, indent=2) + "\n")
+    console.print(summary, markup=False, highlight=False)
+
+
+def summary_table(rows, roles: list[str]) -> str:
+    """Markdown: accuracy, mean generated tokens (total and per agent) and format rate per checkpoint."""
+    header = ["weights", "accuracy", "tokens", *[f"tokens ({role})" for role in roles], "format rate", "turns"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for name, result in rows:
+        cells = [name, f"{100 * result.accuracy:.1f}%", f"{result.tokens:.1f}",
+                 *[f"{result.tokens_by_role.get(role, 0.0):.1f}" for role in roles],
+                 f"{100 * (1 - result.format_failure_rate):.1f}%", f"{result.turns:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[Config, Path], None]] = {
+    "data": stage_data,
+    "sft": stage_sft,
+    "rl": stage_rl,
+    "eval": stage_eval,
+}
+
+
 def run_pipeline(config: Config, *, restart: bool = False) -> Path:
     run = Path(config.output_dir)
     run.mkdir(parents=True, exist_ok=True)
