@@ -25,6 +25,7 @@ from longshort.engines.base import Generation, SamplingParams
 from longshort.models import tiny_model, tiny_tokenizer
 from longshort.trainers import openrlhf_launcher as launcher
 from longshort.trainers.partner import PartnerSpec
+from scripted import ScriptedEngine
 
 NO_OPENRLHF = "openrlhf is not installed (pip install --no-deps openrlhf==0.11.2 && pip install pylatexenc aiohttp)"
 QUESTION = "Tom has 2 apples and buys 3 more. How many apples?"
@@ -99,24 +100,6 @@ async def generate_responses(executor, engine, tokenizer, n: int, *, max_length:
     return await asyncio.gather(*[executor.execute(prompt=QUESTION, label=label, sampling_params=params,
                                                    max_length=max_length, hf_tokenizer=tokenizer, llm_engine=engine)
                                   for _ in range(n)])
-
-
-class ScriptedEngine:
-    """Replays texts in call order (truncated at the budget); logprobs are distinct per token."""
-
-    def __init__(self, tokenizer, texts: list[str]):
-        self.tokenizer = tokenizer
-        self.texts = list(texts)
-        self.prompts: list[list[int]] = []
-
-    async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> Generation:
-        self.prompts.append(list(prompt_ids))
-        ids = enc(self.tokenizer, self.texts.pop(0))
-        finish = "stop"
-        if len(ids) > sampling.max_new_tokens:
-            ids, finish = ids[: sampling.max_new_tokens], "length"
-        logprobs = [-(len(self.prompts) + i / 1000) for i in range(len(ids))]
-        return Generation(ids, logprobs, self.tokenizer.decode(ids), finish)
 
 
 def check_sample(result: dict, expected_ids: list[int], own_turns: list[list[int]], engine: VLLMShaped) -> None:

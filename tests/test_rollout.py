@@ -12,33 +12,15 @@ import pytest
 from agents import SEPARATOR, Agent, FormatResult, LongThoughtAgent, ShortThoughtAgent, SingleAgent, register_agent
 from envs import Env, LongShortEnv, SingleTurnEnv, register_env
 from longshort.data import Problem
-from longshort.engines.base import Generation, SamplingParams
+from longshort.engines.base import SamplingParams
 from longshort.episode import Episode, load_episodes, save_episodes
 from longshort.models import tiny_tokenizer
 from longshort.registry import AGENTS, ENVS
 from longshort.rewards import RewardContext, score_group
 from longshort.rollout import RolloutRunner
+from scripted import ScriptedEngine
 
 PROBLEM = Problem(id="p0", prompt="Tom has 2 apples and buys 3 more. How many apples?", answer="5")
-
-
-class ScriptedEngine:
-    """Replays texts in order; logprobs are distinct per token so misalignment would show."""
-
-    def __init__(self, tokenizer, texts: list[str]):
-        self.tokenizer = tokenizer
-        self.texts = list(texts)
-        self.prompts: list[list[int]] = []
-
-    async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> Generation:
-        self.prompts.append(list(prompt_ids))
-        text = self.texts.pop(0)
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        finish = "stop"
-        if len(ids) > sampling.max_new_tokens:
-            ids, finish = ids[: sampling.max_new_tokens], "length"
-        logprobs = [-(len(self.prompts) + i / 1000) for i in range(len(ids))]
-        return Generation(ids, logprobs, self.tokenizer.decode(ids), finish)
 
 
 def run_long_short(long_texts, short_texts, *, max_turns=8, max_total_tokens=4096, problem=PROBLEM,
