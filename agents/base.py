@@ -112,7 +112,8 @@ class Agent:
         for index, start, end in view.spans:
             if turns[index].role == self.role:
                 mask[start:end] = [1] * (end - start)
-                logprobs[start:end] = turns[index].logprobs
+                if len(turns[index].logprobs) == end - start:  # a text-only turn (SFT data) has none
+                    logprobs[start:end] = turns[index].logprobs
         return TrainingSample(role=self.role, input_ids=view.ids, action_mask=mask, logprobs=logprobs)
 
 
