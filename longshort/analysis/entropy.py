@@ -1,0 +1,140 @@
+"""The step-entropy pruning analysis, end to end (``python -m longshort.analysis.entropy``).
+
+1. The model writes its own chain of thought for each problem (sampled through ``HFEngine``, batched).
+2. One batched teacher-forced pass gives every thinking token's full-vocabulary entropy (bits, T=1);
+   steps are cut on the token ids and scored by their mean token entropy (``scoring``).
+3. For kappa in {0, 0.2, ..., 1} and each strategy (lowest entropy first, random, highest first), the
+   chosen steps become ``[SKIP]``, the thinking is closed, the model answers, the answer is graded
+   (``pruning``).
+4. It prints the accuracy / token-reduction table and writes ``results.json`` (settings, timings,
+   the table, per-chain step entropies), ``answers.jsonl`` (every pruned thinking and its answer:
+   the raw material of ``[SKIP]`` SFT data, see ``skip.sft_examples``; ``--sft PATH`` writes them) and
+   ``pruning.png``.
+
+Accuracy at kappa = 0 is the model's full-chain accuracy under the same answer protocol.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from longshort.analysis import cli_common as common
+from longshort.analysis.pruning import KAPPAS, STRATEGIES, Cell, answer_after_pruning, summarise
+from longshort.engines.base import SamplingParams
+from longshort.verify import Verifier
+
+
+def format_table(cells: list[Cell], strategies=STRATEGIES) -> str:
+    """Rows kappa, columns strategy: ``accuracy% (-reduction%)``."""
+    kappas = sorted({c.kappa for c in cells})
+    lookup = {(c.strategy, c.kappa): c for c in cells}
+    header = f"{'kappa':>6} | " + " | ".join(f"{s:^22}" for s in strategies)
+    lines = [header, "-" * len(header)]
+    for kappa in kappas:
+        row = []
+        for strategy in strategies:
+            cell = lookup.get((strategy, kappa))
+            row.append(f"{100 * cell.accuracy:5.1f}% acc {100 * cell.reduction:5.1f}% tok-" if cell else " " * 22)
+        lines.append(f"{kappa:>6.2f} | " + " | ".join(f"{r:^22}" for r in row))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m longshort.analysis.entropy", description=(
+        "Step-entropy pruning analysis on a model's own chains of thought: accuracy and token reduction "
+        "when the lowest-entropy / random / highest-entropy steps are replaced by [SKIP]."))
+    parser.add_argument("--out", default="runs/step_entropy", help="output directory")
+    parser.add_argument("--kappas", type=float, nargs="+", default=list(KAPPAS))
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    parser.add_argument("--chain-tokens", type=int, default=256, help="token budget of a chain of thought")
+    parser.add_argument("--chain-temperature", type=float, default=0.6, help="the paper samples at 0.6, top-p 0.95")
+    parser.add_argument("--answer-tokens", type=int, default=32, help="token budget of the answer after </think>")
+    parser.add_argument("--answer-temperature", type=float, default=0.6, help="0 = greedy (less noise per cell)")
+    parser.add_argument("--max-batch-tokens", type=int, default=16384, help="tokens per teacher-forced pass")
+    parser.add_argument("--sft", help="also write [SKIP] SFT examples (verified answers, lowest-entropy pruning "
+                                      "at --sft-kappa) to this JSONL path, in the SFT stage's transcript format")
+    parser.add_argument("--sft-kappa", type=float, default=0.8)
+    parser.add_argument("--sft-role", default="single", help="agent role the SFT examples train")
+    common.add_model_args(parser)
+    common.add_problem_args(parser, default_limit=100)
+    common.add_format_args(parser)
+    args = parser.parse_args(argv)
+    if args.sft and (args.sft_kappa not in args.kappas or "low" not in args.strategies):
+        parser.error("--sft needs --sft-kappa among --kappas and the 'low' strategy")
+
+    from longshort.analysis.chains import generate_chains
+    from longshort.analysis.plots import plot_pruning
+    from longshort.analysis.scoring import step_entropies, token_entropies
+    from longshort.analysis.steps import StepSegmenter
+
+    model, engine = common.load_engine(args)
+    fmt = common.format_from_args(args)
+    problems = common.problems_from_args(args)
+    verifier = Verifier()
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    chains = asyncio.run(generate_chains(engine, problems, SamplingParams(
+        temperature=args.chain_temperature, top_p=0.95, max_new_tokens=args.chain_tokens), fmt))
+    timings["chains_s"] = time.perf_counter() - start
+    chain_tokens = sum(len(c.ids) for c in chains)
+
+    segmenter = StepSegmenter(engine.tokenizer)
+    steps = [segmenter.segment(c.ids) for c in chains]
+    start = time.perf_counter()
+    entropies = token_entropies(model, [(c.prompt_ids, c.ids) for c in chains], max_batch_tokens=args.max_batch_tokens)
+    timings["entropy_s"] = time.perf_counter() - start
+    scores = [step_entropies(e, s) for e, s in zip(entropies, steps)]
+
+    start = time.perf_counter()
+    answers = asyncio.run(answer_after_pruning(
+        engine, chains, steps, [s.mean for s in scores], kappas=args.kappas, strategies=args.strategies,
+        sampling=fmt.answer_sampling(args.answer_temperature, args.answer_tokens), verifier=verifier, fmt=fmt,
+        seed=args.seed))
+    timings["answers_s"] = time.perf_counter() - start
+    cells = summarise(answers)
+    own = sum(verifier.grade(c.text, c.gold, c.choices).correct for c in chains) / max(1, len(chains))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_steps = [len(s) for s in steps]
+    summary = {
+        "settings": vars(args),
+        "chains": {"n": len(chains), "thinking_tokens": chain_tokens, "closed": sum(c.closed for c in chains),
+                   "mean_steps": sum(n_steps) / max(1, len(n_steps)), "own_answer_accuracy": own},
+        "timings": {**timings, "chain_tok_per_s": chain_tokens / timings["chains_s"],
+                    "entropy_tok_per_s": (chain_tokens + sum(len(c.prompt_ids) for c in chains)) / timings["entropy_s"],
+                    "answers": len({(a.problem_id, a.thinking) for a in answers})},
+        "table": [asdict(c) for c in cells],
+        "per_chain": [{"id": c.problem_id, "question": c.question, "gold": c.gold, "steps": [st.text for st in s],
+                       "mean": sc.mean, "sum": sc.total, "token_entropy": [round(float(x), 4) for x in e]}
+                      for c, s, sc, e in zip(chains, steps, scores, entropies)],
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+    common.write_jsonl((asdict(a) for a in answers), out / "answers.jsonl")
+    if args.sft:
+        from longshort.analysis.skip import sft_examples
+
+        problems = {c.problem_id: {"question": c.question, "answer": c.gold} for c in chains}
+        examples = sft_examples((asdict(a) for a in answers), problems, kappa=args.sft_kappa, role=args.sft_role)
+        common.write_jsonl(examples, Path(args.sft))
+        print(f"wrote {len(examples)} [SKIP] SFT examples to {args.sft}")
+    title = f"{args.model} on {args.data} (n={len(chains)})"
+    plot_pruning(cells, out / "pruning.png", title=title)
+
+    print(f"{title}: {chain_tokens} thinking tokens, {sum(n_steps) / max(1, len(n_steps)):.1f} steps per chain, "
+          f"{sum(c.closed for c in chains)} chains closed </think> themselves")
+    print(f"chains {timings['chains_s']:.1f}s ({summary['timings']['chain_tok_per_s']:.0f} tok/s) | "
+          f"entropy pass {timings['entropy_s']:.2f}s ({summary['timings']['entropy_tok_per_s']:.0f} tok/s) | "
+          f"{summary['timings']['answers']} answers {timings['answers_s']:.1f}s")
+    print(f"accuracy of the chains' own answers: {100 * own:.1f}%")
+    print(format_table(cells, [s for s in STRATEGIES if s in args.strategies]))
+    print(f"wrote {out / 'results.json'}, {out / 'answers.jsonl'}, {out / 'pruning.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Pruning steps to ``[SKIP]`` and answering after the pruned thinking (the step-entropy analysis).
+
+Of a chain's N steps, the ``floor(kappa * N)`` chosen ones are replaced, whole (delimiter included,
+as the released code does, so consecutive pruned steps read ``[SKIP][SKIP]``), by the placeholder;
+kept steps stay verbatim and in order. Strategies: ``low`` (lowest step entropy first: the paper's
+criterion), ``high`` (highest first) and ``random`` (uniform, seeded), both baselines from the paper's
+Figure 1. Sorting is stable and no step is exempt, matching the released code.
+
+The pruned thinking is closed with ``\\n</think>\\n\\n`` and the same model writes the answer, which is
+graded with ``longshort.verify``. Failed generations count as wrong (the released code dropped
+them, inflating accuracy). Tokens are counted as the model saw them: kept steps by their own token
+ids, and each ``[SKIP]`` as ``skip_tokens`` tokens (1 when it is an added token, see ``skip.py``).
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+from longshort.analysis.chains import Chain, ChainFormat
+from longshort.analysis.steps import Step
+from longshort.engines.base import Engine, SamplingParams
+from longshort.verify import Verifier
+
+SKIP = "[SKIP]"
+STRATEGIES = ("low", "random", "high")
+KAPPAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def prune_count(kappa: float, n_steps: int) -> int:
+    """``floor(kappa * N)``, robust to float error (0.6 * 5 is 2.9999999999999996 in floating point)."""
+    if not 0.0 <= kappa <= 1.0:
+        raise ValueError(f"kappa must lie in [0, 1], got {kappa}")
+    return min(n_steps, math.floor(kappa * n_steps + 1e-9))
+
+
+def select_steps(scores: Sequence[float], kappa: float, strategy: str, *, seed: int | str = 0) -> list[int]:
+    """Indices (ascending) of the steps to prune from a chain whose steps have these ``scores``.
+
+    ``seed`` drives ``random`` only; a string seed is hashed stably (unlike ``hash()``, the same in every
+    process), so a chain's random baseline is reproducible from its id."""
+    count = prune_count(kappa, len(scores))
+    if strategy == "low":
+        chosen = sorted(range(len(scores)), key=lambda i: scores[i])[:count]
+    elif strategy == "high":
+        chosen = sorted(range(len(scores)), key=lambda i: -scores[i])[:count]
+    elif strategy == "random":
+        chosen = random.Random(seed).sample(range(len(scores)), count)
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    return sorted(chosen)
+
+
+def prune_text(step_texts: Sequence[str], pruned: Sequence[int], placeholder: str = SKIP) -> str:
+    """The compressed thinking: each pruned step (with its delimiter) becomes ``placeholder``."""
+    drop = set(pruned)
+    return "".join(placeholder if i in drop else text for i, text in enumerate(step_texts))
+
+
+@dataclass
+class PrunedAnswer:
+    """One (chain, strategy, kappa) cell of the analysis, with the answer the model gave after it."""
+
+    problem_id: str
+    strategy: str
+    kappa: float
+    n_steps: int
+    pruned: list[int]
+    thinking: str
+    thinking_tokens: int
+    full_tokens: int
+    answer: str
+    extracted: str | None
+    correct: bool
+
+    @property
+    def reduction(self) -> float:
+        return 1.0 - self.thinking_tokens / self.full_tokens if self.full_tokens else 0.0
+
+
+@dataclass
+class Cell:
+    """Accuracy and mean thinking-token reduction of one strategy at one kappa, over all chains."""
+
+    strategy: str
+    kappa: float
+    accuracy: float
+    thinking_tokens: float
+    reduction: float
+    n: int
+
+
+async def answer_after_pruning(engine: Engine, chains: Sequence[Chain], steps: Sequence[Sequence[Step]],
+                               scores: Sequence[Sequence[float]], *, kappas: Sequence[float] = KAPPAS,
+                               strategies: Sequence[str] = STRATEGIES, sampling: SamplingParams,
+                               verifier: Verifier, fmt: ChainFormat = ChainFormat(), seed: int = 0,
+                               skip_tokens: int = 1) -> list[PrunedAnswer]:
+    """Prune every chain at every (strategy, kappa), let the model answer, and grade the answers.
+
+    Identical pruned thinkings of one chain (kappa 0 and 1 are the same for every strategy) are
+    answered once and shared, so the strategies are compared on the same samples there. All requests
+    go to the engine at once, so a batching engine decodes them together.
+    """
+    tokenizer = engine.tokenizer
+    cells: list[tuple[int, str, float, list[int], str]] = []
+    for c, (chain, chain_steps, chain_scores) in enumerate(zip(chains, steps, scores)):
+        for strategy in strategies:
+            for kappa in kappas:
+                pruned = select_steps(chain_scores, kappa, strategy, seed=f"{seed}:{chain.problem_id}")
+                cells.append((c, strategy, kappa, pruned, prune_text([s.text for s in chain_steps], pruned)))
+    unique = {(c, text) for c, _, _, _, text in cells}
+    keys = sorted(unique)
+    generations = await asyncio.gather(*(
+        engine.generate(fmt.answer_prompt_ids(tokenizer, chains[c].question, text), sampling) for c, text in keys))
+    answers = dict(zip(keys, generations))
+    verdicts = {key: verifier.grade(fmt.graded(gen.text), chains[key[0]].gold, chains[key[0]].choices)
+                for key, gen in answers.items()}
+    results = []
+    for c, strategy, kappa, pruned, text in cells:
+        chain_steps = steps[c]
+        full = sum(s.num_tokens for s in chain_steps)
+        kept = full - sum(chain_steps[i].num_tokens for i in pruned)
+        verdict, generation = verdicts[(c, text)], answers[(c, text)]
+        results.append(PrunedAnswer(chains[c].problem_id, strategy, kappa, len(chain_steps), pruned, text,
+                                    kept + skip_tokens * len(pruned), full, fmt.graded(generation.text),
+                                    verdict.extracted, verdict.correct))
+    return results
+
+
+def summarise(results: Sequence[PrunedAnswer]) -> list[Cell]:
+    """One Cell per (strategy, kappa), in the order they first appear."""
+    groups: dict[tuple[str, float], list[PrunedAnswer]] = {}
+    for r in results:
+        groups.setdefault((r.strategy, r.kappa), []).append(r)
+    cells = []
+    for (strategy, kappa), rows in groups.items():
+        full = sum(r.full_tokens for r in rows)
+        kept = sum(r.thinking_tokens for r in rows)
+        cells.append(Cell(strategy, kappa, sum(r.correct for r in rows) / len(rows), kept / len(rows),
+                          1.0 - kept / full if full else 0.0, len(rows)))
+    return cells

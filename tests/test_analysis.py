@@ -1,0 +1,335 @@
+"""Thought analysis: step segmentation, chunking, entropy, pruning, [SKIP], importance, cold start.
+
+Everything runs on the tiny random model and tokenizer (no download); expected values are computed
+by hand or independently of the code under test.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import pytest
+import torch
+from tokenizers import AddedToken
+
+from agents import LongThoughtAgent, ShortThoughtAgent
+from longshort.analysis.chains import Chain, ChainFormat
+from longshort.analysis.chunking import (Block, LLMChunker, RuleChunker, blocks_from_json, chunk_prompt,
+                                         parse_blocks, thoughts_from_blocks, validate_blocks)
+from longshort.analysis.importance import decay, score_thoughts
+from longshort.analysis.lenient_json import loads
+from longshort.analysis.pruning import (SKIP, answer_after_pruning, prune_count, prune_text, select_steps,
+                                        summarise)
+from longshort.analysis.scoring import entropy_bits, step_entropies, stepwise_token_entropies, token_entropies
+from longshort.analysis.skip import (SkipRewardConfig, SkipRewardContext, add_skip_token, sft_examples, skip_count,
+                                     skip_length, skip_ratio, skip_stats)
+from longshort.analysis.steps import StepSegmenter, segment_text, thinking_text
+from longshort.analysis.synthesis import SynthesisConfig, check_transcript, important_thoughts, runs, synthesize
+from longshort.engines.base import Generation, SamplingParams
+from longshort.engines.hf import HFEngine
+from longshort.episode import Episode, Outcome, Turn
+from longshort.models import tiny_model, tiny_tokenizer
+from longshort.rewards import RewardContext
+from longshort.verify import Verifier
+
+
+class ScriptedEngine:
+    """Replays texts in order (cycling), recording the prompts it was given."""
+
+    def __init__(self, tokenizer, texts):
+        self.tokenizer, self.texts, self.prompts = tokenizer, list(texts), []
+
+    async def generate(self, prompt_ids, sampling):
+        self.prompts.append(list(prompt_ids))
+        text = self.texts[(len(self.prompts) - 1) % len(self.texts)]
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return Generation(ids, [0.0] * len(ids), text, "stop")
+
+
+def enc(tok, text):
+    return tok.encode(text, add_special_tokens=False)
+
+
+# ------------------------------------------------------------------------------------- steps
+
+
+def merged_tokenizer():
+    """The tiny tokenizer with merged blank-line tokens, as real vocabularies have (".\\n\\n")."""
+    tok = tiny_tokenizer()
+    tok.add_tokens([AddedToken(".\n\n", normalized=False), AddedToken("\n\n   ", normalized=False)])
+    return tok
+
+
+def test_segmentation_on_ids_cuts_inside_merged_tokens_and_split_newlines():
+    tok = merged_tokenizer()
+    merged, indented, newline = tok.convert_tokens_to_ids(".\n\n"), tok.convert_tokens_to_ids("\n\n   "), enc(tok, "\n")
+    assert len(newline) == 1
+    ids = (enc(tok, "First step") + [merged]            # "." and the blank line in one token
+           + enc(tok, "Second") + newline + newline     # a blank line spelled as two "\n" tokens
+           + enc(tok, "Third") + [indented]             # blank line plus indentation in one token
+           + enc(tok, "Last"))
+    steps = StepSegmenter(tok).segment(ids)
+    assert [s.text for s in steps] == ["First step.\n\n", "Second\n\n", "Third\n\n   ", "Last"]
+    assert [s.delimited for s in steps] == [True, True, True, False]
+    assert "".join(s.text for s in steps) == tok.decode(ids)
+    # token ranges tile the ids; the merged ".\n\n" token carries content, so it is scored
+    assert steps[0].end == steps[1].start and steps[-1].end == len(ids)
+    assert steps[0].scored.stop == steps[0].end
+    assert steps[1].scored.stop == steps[1].end - 2  # the two bare "\n" tokens are delimiter only
+
+
+def test_segmentation_stops_at_think_close_and_folds_blank_lines():
+    tok = tiny_tokenizer()
+    segmenter = StepSegmenter(tok)
+    ids = enc(tok, "a\n\n\n\nb\n</think>\n\nThe answer is 5.\n\nMore")
+    steps = segmenter.segment(ids)
+    assert "".join(s.text for s in steps) == "a\n\n\n\nb\n"  # nothing after </think>
+    assert all(s.text.strip() for s in steps)  # no whitespace-only step
+    assert steps[0].text.startswith("a") and steps[-1].text.strip() == "b"
+    assert segmenter.thinking_length(ids) == len(enc(tok, "a\n\n\n\nb\n"))
+    leading = segmenter.segment(enc(tok, "\n\nHello\nworld\n\nnext"))  # blank lines first: no cut there
+    assert [s.text for s in leading] == ["\n\nHello\nworld\n\n", "next"]
+    offset, text = thinking_text("<think>\nx\n\ny</think> z")
+    assert (offset, text) == (8, "x\n\ny")
+    assert [s.text for s in segment_text(text, segmenter)] == ["x\n\n", "y"]
+
+
+# ------------------------------------------------------------------------------------ chunking
+
+
+def test_validation_rejects_gaps_overlaps_and_missing_coverage():
+    assert validate_blocks([Block(1, 3, "a"), Block(4, 6, "b"), Block(7, 10, "c")], 10) == []
+    assert validate_blocks([Block(1, 10, "all")], 10) == []
+    assert any("gap" in e for e in validate_blocks([Block(1, 3, ""), Block(5, 10, "")], 10))
+    assert any("overlap" in e for e in validate_blocks([Block(1, 4, ""), Block(4, 10, "")], 10))
+    assert any("gap" in e for e in validate_blocks([Block(2, 10, "")], 10))  # must start at step 1
+    assert any("coverage" in e for e in validate_blocks([Block(1, 4, ""), Block(5, 8, "")], 10))
+    assert any("past the last step" in e for e in validate_blocks([Block(1, 11, "")], 10))
+    assert validate_blocks([Block(1, 5, ""), Block(6, 4, ""), Block(5, 10, "")], 10)  # reversed block
+    assert validate_blocks([], 3) == ["no blocks"]
+
+
+def test_lenient_parsing_of_the_released_chunker_output(shared_data):
+    row = json.loads((shared_data / "longcot" / "r1_example_chunked.jsonl").read_text().splitlines()[0])
+    assert loads(row["block_prompt_results"]) == row["block"]  # ```json fenced
+    blocks, errors = parse_blocks(row["block_prompt_results"], 133)
+    assert [(b.start, b.end) for b in blocks][:2] == [(1, 4), (5, 12)] and len(blocks) == 8
+    assert errors == []
+    # the released blocks stop at step 133 of a thinking with more steps: the coverage bug, caught
+    _, errors = parse_blocks(row["block_prompt_results"], 135)
+    assert errors == ["coverage: steps 134..135 are in no block"]
+
+
+def test_lenient_parsing_of_the_prompt_skeleton_style():
+    text = ("Here you go:\n```json\n{'block 2': {'start': 'Step 4', 'end': '6', 'block type': 'derivation',},\n"
+            "'block 1': {'start': '1', 'end': 3, 'block_type': \"problem understanding\"},}\n```\nThanks")
+    blocks = blocks_from_json(loads(text))
+    assert blocks == [Block(1, 3, "problem understanding"), Block(4, 6, "derivation")]
+    assert parse_blocks("{'block 1': {'start': '25/8', 'end': '3', 'block type': 'x'}}", 3)[1][0].startswith(
+        "unparsable: not a step index")
+    assert loads("{a: [1, 2,], b: None, c: problem understanding}") == {
+        "a": [1, 2], "b": None, "c": "problem understanding"}
+
+
+def test_llm_chunker_retries_until_valid_and_prompt_numbers_steps():
+    tok = tiny_tokenizer()
+    steps = StepSegmenter(tok).segment(enc(tok, "one\n\ntwo\n\nthree"))
+    answers = ["not json at all", "{'block 1': {'start': '1', 'end': '2', 'block type': 'x'}}",
+               "{'block 1': {'start': 1, 'end': 1, 'block type': 'x'}, 'block 2': {'start': 2, 'end': 3, "
+               "'block type': 'y'}}"]
+    engine = ScriptedEngine(tok, answers)
+    result = asyncio.run(LLMChunker(engine).chunk("Q?", steps))
+    assert result.valid and result.attempts == 3 and result.blocks == [Block(1, 1, "x"), Block(2, 3, "y")]
+    assert result.errors[0][0].startswith("unparsable") and "coverage" in result.errors[1][0]
+    assert "Step 1: one\nStep 2: two\nStep 3: three" in chunk_prompt("Q?", steps)
+    thoughts = thoughts_from_blocks(steps, result.blocks)
+    assert [t.text for t in thoughts] == ["one\n\n", "two\n\nthree"]
+    failing = asyncio.run(LLMChunker(ScriptedEngine(tok, ["{}"]), max_attempts=5).chunk("Q?", steps))
+    assert not failing.valid and failing.attempts == 5
+
+
+def test_rule_chunker_cuts_at_markers_and_size_and_covers_everything():
+    tok = tiny_tokenizer()
+    text = "\n\n".join(["Read it", "Add", "Wait, check", "Again", "x", "y", "z", "So the answer is 5"])
+    steps = StepSegmenter(tok).segment(enc(tok, text))
+    blocks = RuleChunker(min_steps=2, max_steps=3).chunk(steps)
+    assert validate_blocks(blocks, len(steps)) == []
+    assert [(b.start, b.end, b.kind) for b in blocks] == [
+        (1, 2, "problem understanding"), (3, 5, "reflection"), (6, 7, "derivation"), (8, 8, "conclusion")]
+
+
+# ----------------------------------------------------------------------------------- entropy
+
+
+def test_token_entropy_matches_a_hand_computation():
+    model, tok = tiny_model(seed=3)
+    prompt, chain = enc(tok, "Q: 2 + 3?"), enc(tok, " 2 + 3 = 5")
+    [entropy] = token_entropies(model, [(prompt, chain)])
+    logits = model(input_ids=torch.tensor([prompt + chain])).logits[0].double()
+    for j in (0, len(chain) - 1):  # chain token j is predicted at position len(prompt) - 1 + j
+        row = logits[len(prompt) - 1 + j].tolist()
+        top = max(row)
+        weights = [math.exp(z - top) for z in row]
+        total = sum(weights)
+        hand = -sum((w / total) * math.log2(w / total) for w in weights)
+        assert entropy[j].item() == pytest.approx(hand, abs=1e-4)
+    assert entropy_bits(torch.zeros(1, 8)).item() == pytest.approx(3.0)  # uniform over 8: 3 bits
+
+
+def test_batched_pass_equals_step_by_step_with_padding():
+    model, tok = tiny_model(seed=1)
+    segmenter = StepSegmenter(tok)
+    pairs = [(enc(tok, "Question one"), enc(tok, "Add 12.\n\nThen 30.\n\nSo 42")),
+             (enc(tok, "Q2"), enc(tok, "x\n\ny")), (enc(tok, "Q3 is longer than the others"), enc(tok, "5"))]
+    batched = token_entropies(model, pairs, max_batch_tokens=64)  # forces two passes, padded rows
+    for (prompt, chain), got in zip(pairs, batched):
+        steps = segmenter.segment(chain)
+        assert torch.allclose(got, stepwise_token_entropies(model, prompt, chain, steps), atol=1e-4)
+        scores = step_entropies(got, steps)
+        for step, mean, total in zip(steps, scores.mean, scores.total):
+            assert total == pytest.approx(float(got[step.scored.start:step.scored.stop].sum()), abs=1e-5)
+            assert mean == pytest.approx(total / len(step.scored), abs=1e-5)
+
+
+# ----------------------------------------------------------------------------------- pruning
+
+
+def test_pruning_keeps_order_and_counts():
+    texts = ["s0\n\n", "s1\n\n", "s2\n\n", "s3\n\n", "s4"]
+    scores = [0.5, 0.1, 0.9, 0.1, 0.3]
+    assert prune_count(0.6, 5) == 3 and prune_count(0.8, 5) == 4 and prune_count(1.0, 5) == 5
+    assert select_steps(scores, 0.4, "low") == [1, 3]  # stable among the tied 0.1s
+    assert select_steps(scores, 0.4, "high") == [0, 2]
+    assert prune_text(texts, [1, 3]) == "s0\n\n[SKIP]s2\n\n[SKIP]s4"
+    assert prune_text(texts, [0, 1, 2, 3, 4]) == "[SKIP]" * 5
+    for kappa in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        for strategy in ("low", "random", "high"):
+            chosen = select_steps(scores, kappa, strategy, seed="p1")
+            assert len(chosen) == math.floor(kappa * 5 + 1e-9) and chosen == sorted(set(chosen))
+            pruned = prune_text(texts, chosen)
+            assert pruned.count(SKIP) == len(chosen)
+            kept = [t for i, t in enumerate(texts) if i not in chosen]
+            assert pruned.replace(SKIP, "") == "".join(kept)  # kept steps verbatim, in order
+    assert select_steps(scores, 0.6, "random", seed="p1") == select_steps(scores, 0.6, "random", seed="p1")
+
+
+def test_answer_after_pruning_end_to_end_on_the_tiny_model():
+    model, tok = tiny_model(seed=0)
+    engine = HFEngine(model, tok, max_batch_size=16, seed=0)
+    fmt = ChainFormat(answer_prefix="The final answer is $\\boxed{")
+    segmenter = StepSegmenter(tok)
+    chain_ids = enc(tok, "Add 2 and 3.\n\nWait, check.\n\nSo 5")
+    chain = Chain("p0", "What is 2 + 3?", "5", fmt.thinking_prompt_ids(tok, "What is 2 + 3?"), chain_ids,
+                  tok.decode(chain_ids), True)
+    steps = [segmenter.segment(chain_ids)]
+    results = asyncio.run(answer_after_pruning(
+        engine, [chain], steps, [[0.3, 0.1, 0.2]], kappas=(0.0, 0.4, 1.0), sampling=fmt.answer_sampling(0.0, 4),
+        verifier=Verifier(fallbacks=False), fmt=fmt))
+    assert len(results) == 9 and all(r.answer.startswith(fmt.answer_prefix) for r in results)
+    low = {r.kappa: r for r in results if r.strategy == "low"}
+    assert low[0.4].pruned == [1] and low[0.4].thinking == "Add 2 and 3.\n\n[SKIP]So 5"
+    full = sum(s.num_tokens for s in steps[0])
+    assert low[0.0].thinking_tokens == full and low[1.0].thinking_tokens == 3  # one token per [SKIP]
+    # kappa 0 and 1 give one thinking each for all strategies; at 0.4 low/random/high differ or coincide
+    assert engine.stats.requests == len({r.thinking for r in results})
+    cells = summarise(results)
+    expected = {(s, k) for s in ("low", "random", "high") for k in (0.0, 0.4, 1.0)}
+    assert {(c.strategy, c.kappa) for c in cells} == expected
+
+
+# -------------------------------------------------------------------------------------- [SKIP]
+
+
+def test_skip_token_is_one_token_mean_initialised_and_survives_decoding():
+    model, tok = tiny_model(seed=0)
+    before = model.get_input_embeddings().weight.detach().clone()
+    skip_id = add_skip_token(model, tok)
+    assert skip_id == before.shape[0] and model.get_input_embeddings().weight.shape[0] == before.shape[0] + 1
+    assert torch.allclose(model.get_input_embeddings().weight[skip_id], before.mean(dim=0), atol=1e-6)
+    ids = enc(tok, "a[SKIP][SKIP]b")
+    assert ids.count(skip_id) == 2
+    assert tok.decode(ids, skip_special_tokens=True) == "a[SKIP][SKIP]b"
+    assert add_skip_token(model, tok) == skip_id and len(tok) == skip_id + 1  # idempotent
+
+
+def _episode(text: str, correct: bool, tokens: int = 10) -> Episode:
+    turn = Turn("single", [1], list(range(tokens)), [0.0] * tokens, text, "stop", "v")
+    return Episode("p", 0, "q", "5", [turn], Outcome("answered", text, "single", "5", correct))
+
+
+def test_skip_rewards_pay_compression_only_for_correct_answers():
+    high = "[SKIP][SKIP][SKIP][SKIP]kept\n\n</think>\n\n\\boxed{5}"  # rho = 4 / 5
+    mid = "[SKIP]a\n\n[SKIP]b</think>\\boxed{5}"  # rho = 2 / 3
+    assert skip_stats(high).ratio == pytest.approx(0.8) and skip_stats(mid).ratio == pytest.approx(2 / 3)
+    ctx = RewardContext(agents={})
+    group = [_episode(high, True), _episode(high, False), _episode(mid, True), _episode("plain", True)]
+    assert skip_ratio(group, "single", ctx) == [1.0, 0.0, 0.5, 0.0]
+    spam = "[SKIP]" * 101 + "</think>"
+    assert skip_count([_episode(spam, True), _episode(spam, False), _episode(high, True)], "single", ctx) == [
+        -1.0, -1.0, 0.0]
+    assert skip_length([_episode("x", True, 3501), _episode("x", False, 3500)], "single", ctx) == [-1.0, 0.0]
+    strict = SkipRewardContext(agents={}, skip=SkipRewardConfig(count_penalty=-2.0, max_tokens=5))
+    assert skip_count([_episode(spam, True)], "single", strict) == [-2.0]
+    assert skip_length([_episode("x", True, 6)], "single", strict) == [-1.0]
+
+
+def test_sft_examples_from_pruned_answers():
+    rows = [{"problem_id": "p", "strategy": "low", "kappa": 0.8, "thinking": "[SKIP]So 5", "correct": True,
+             "answer": "The final answer is $\\boxed{5}$"},
+            {"problem_id": "p", "strategy": "low", "kappa": 0.8, "thinking": "x", "correct": False, "answer": "4"},
+            {"problem_id": "p", "strategy": "random", "kappa": 0.8, "thinking": "y", "correct": True, "answer": "5"}]
+    [example] = sft_examples(rows, {"p": {"question": "Q?", "answer": "5"}})
+    assert example["turns"] == [{"role": "single",
+                                 "text": "<think>\n[SKIP]So 5\n</think>\n\nThe final answer is $\\boxed{5}$"}]
+    assert example["question"] == "Q?" and example["answer"] == "5"
+
+
+# --------------------------------------------------------------------------- importance, synthesis
+
+
+def test_importance_scores_are_bounded_and_follow_the_rollouts():
+    tok = tiny_tokenizer()
+    # prefixes: empty, T1, T1+T2 -- 2 rollouts each, answered in that order
+    engine = ScriptedEngine(tok, ["4}$", "4}$", "5}$", "4}$", "5}$", "5}$"])
+    fmt = ChainFormat(answer_prefix="The final answer is $\\boxed{")
+    result = asyncio.run(score_thoughts(engine, "p", "Q?", "5", ["Add 2 and 3.\n\n", "So 5."], n_rollouts=2,
+                                        sampling=SamplingParams(), verifier=Verifier(fallbacks=False), fmt=fmt))
+    assert result.baseline == 0.0
+    assert [t.accuracy for t in result.thoughts] == [0.5, 1.0]
+    for t in result.thoughts:
+        assert 0.0 <= t.score <= t.accuracy <= 1.0 and t.score == pytest.approx(t.accuracy * t.decay)
+    assert result.thoughts[-1].decay == pytest.approx(math.exp(-1))
+    assert decay(10, 10, "linear") == 0.0 and decay(0, 10, "linear") == 1.0
+    assert tok.decode(engine.prompts[4]).endswith("Add 2 and 3.\n\nSo 5.\n</think>\n\nThe final answer is $\\boxed{")
+
+
+def test_synthesis_alternates_roles_and_passes_the_agents_format_checks():
+    record = {"id": "p", "question": "Q?", "answer": "5", "thoughts": [
+        {"text": "<think>\nUnderstand: 2 apples, then 3 more.", "score": 0.9, "accuracy": 0.9},
+        {"text": "Hmm, wait. Let me recount: 2 + 3 = 5.", "score": 0.1, "accuracy": 0.8},
+        {"text": "Key step: x < 3 fails, so use 5.", "score": 0.7, "accuracy": 1.0},
+        {"text": "Check again. 5 - 3 = 2. Fine.", "score": 0.2, "accuracy": 1.0}]}
+    assert runs({0, 2}, 4) == [(True, [0]), (False, [1]), (True, [2]), (False, [3])]
+    assert important_thoughts([0.1, 0.9, 0.2], SynthesisConfig(top_fraction=0.3)) == {0, 1}
+    assert important_thoughts([0.1, 0.9, 0.2], SynthesisConfig(threshold=0.15)) == {0, 1, 2}
+    transcript = asyncio.run(synthesize(record))
+    roles = [t["role"] for t in transcript["turns"]]
+    assert roles == ["long", "short", "long", "short"]
+    assert check_transcript(transcript["turns"]) == []
+    long_agent, short_agent = LongThoughtAgent("long"), ShortThoughtAgent("short")
+    assert long_agent.check_format(transcript["turns"][0]["text"], "stop").kind == "think"
+    assert short_agent.check_format(transcript["turns"][1]["text"], "stop").kind == "handback"
+    assert short_agent.check_format(transcript["turns"][-1]["text"], "stop").kind == "final"
+    assert "\\boxed{5}" in transcript["turns"][-1]["text"] and "<think>\nUnderstand" in transcript["turns"][0]["text"]
+    # a chain ending on an important thought still gets a final short answer
+    record["thoughts"][3]["score"] = 0.95
+    ending = asyncio.run(synthesize(record))
+    assert [t["role"] for t in ending["turns"]][-2:] == ["long", "short"] and check_transcript(ending["turns"]) == []
+    record["thoughts"][3]["accuracy"] = 0.0  # the last thought leads away from the answer: dropped
+    cut = asyncio.run(synthesize(record))  # 3 thoughts left: the top 30% is thought 0 alone
+    assert [t["role"] for t in cut["turns"]] == ["long", "short"] and "5" in cut["turns"][1]["text"]
+    assert "Check again" not in "".join(t["text"] for t in cut["turns"]) and check_transcript(cut["turns"]) == []
+    for thought in record["thoughts"]:
+        thought["accuracy"] = 0.0  # never reaches the gold answer: no transcript
+    assert asyncio.run(synthesize(record)) is None
