@@ -16,8 +16,6 @@ import asyncio
 import dataclasses
 from typing import Callable, Mapping, Sequence
 
-import agents  # noqa: F401  (registers the built-in agents)
-import envs  # noqa: F401  (registers the built-in envs)
 from agents.base import Agent, vocab_key
 from envs.base import Env
 from longshort.config import Config
