@@ -25,7 +25,7 @@ from longshort.sft import run_sft
 
 console = Console(stderr=True)
 
-FLAGS = {"--restart": "ignore DONE markers and run every stage again",
+FLAGS = {"--restart": "ignore DONE markers (SFT and RL still reuse their checkpoints: delete a stage's folder to retrain)",
          "--dry-run": "print what would run (for backend.name=openrlhf: every command with its flags) and exit"}
 
 
