@@ -25,6 +25,10 @@ IMPL-CHOICE (documented, not the paper's):
 - Every turn is checked with the agents' own ``check_format``; a problem whose turns would fail
   (e.g. a step that contains a protocol tag) is skipped and counted in the log, never written.
 
+A second builder, ``entropy_skip``, makes the step-entropy paper's SFT data instead (see
+``entropy_skip_coldstart``). Recipes pick one with ``sft.coldstart``; register your own with
+``@COLDSTART.register(name)`` (a callable ``(config, problems, out_dir) -> {role: jsonl path}``).
+
 A transcript record is ``{"id", "question", "answer", "plan", "turns": [{"role", "text"}, ...]}``.
 ``write_coldstart`` writes one JSONL file per agent role (``long.jsonl``, ``short.jsonl``) holding
 the transcripts in which that agent acts, each with a ``role`` field naming the agent that trains
@@ -41,7 +45,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from agents.long_short import LongThoughtAgent, ShortThoughtAgent
+from longshort.config import Config
 from longshort.data import Problem
+from longshort.registry import COLDSTART
 
 logger = logging.getLogger(__name__)
 
@@ -152,18 +158,78 @@ def write_coldstart(problems: Iterable[Problem], out_dir: str | Path, seed: int,
     if not records:
         raise ColdStartError("no cold-start transcripts could be built: the problems carry no gold solution "
                              "steps (meta['steps']); use synthetic or GSM8K problems for the cold start")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    return {role: _write_records([{**record, "role": role} for record in records
+                                  if any(turn["role"] == role for turn in record["turns"])],
+                                 Path(out_dir) / f"{role}.jsonl") for role in roles}
+
+
+def _write_records(records: Sequence[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    tmp.replace(path)
+    return path
+
+
+@COLDSTART.register("long_short")
+def long_short_coldstart(config: Config, problems: Sequence[Problem], out_dir: Path) -> dict[str, Path]:
+    """The Long-Short transcripts above, for the recipe's two agents (long first, then short)."""
+    roles = tuple(config.agents)
+    if len(roles) != 2:
+        raise ColdStartError(f"sft.coldstart=long_short needs two agents (long, short); the recipe has "
+                             f"{len(roles)} ({', '.join(roles)}): use sft.coldstart=entropy_skip for one agent")
+    return write_coldstart(problems, out_dir, config.seed, roles=roles)
+
+
+@COLDSTART.register("entropy_skip")
+def entropy_skip_coldstart(config: Config, problems: Sequence[Problem], out_dir: Path) -> dict[str, Path]:
+    """The step-entropy paper's SFT data, one single-turn example per problem and agent.
+
+    The paper prunes a model's own long chains; here the chain is the problem's gold solution, one
+    step per paragraph, which is what a small model can learn from. Each agent's own starting model
+    (with its ``add_tokens``, so ``[SKIP]`` is one token) scores every chain in one teacher-forced
+    pass after the agent's prompt and ``<think>\n``; the ``floor(sft.skip_kappa x N)`` steps with the
+    lowest mean token entropy become ``rewards.skip.placeholder``. The target is the paper's shape,
+    ``<think>\n`` + compressed chain + ``\n</think>\n\n`` + the answer in ``\boxed{}``; examples
+    that fail the agent's format check are left out. ``meta`` keeps each step's entropy and the
+    pruned indices, for inspection.
+    """
+    from longshort.analysis.pruning import prune_text, select_steps
+    from longshort.analysis.scoring import step_entropies, token_entropies
+    from longshort.analysis.skip import sft_example
+    from longshort.analysis.steps import DELIMITER, THINK_OPEN, StepSegmenter, segment_text
+    from longshort.models import load_configured
+    from longshort.rollout import build_agents
+
+    chains = [(p, DELIMITER.join(s.strip() for s in p.meta.get("steps") or [] if s.strip())) for p in problems]
+    chains = [(p, chain) for p, chain in chains if chain]
+    if not chains:
+        raise ColdStartError("no cold-start examples could be built: the problems carry no gold solution steps "
+                             "(meta['steps']); use synthetic or GSM8K problems for the cold start")
+    agents = build_agents(config)
     paths = {}
-    for role in roles:
-        path = out / f"{role}.jsonl"
-        tmp = path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w") as handle:
-            for record in records:
-                if any(turn["role"] == role for turn in record["turns"]):
-                    handle.write(json.dumps({**record, "role": role}) + "\n")
-        tmp.replace(path)
-        paths[role] = path
+    for role, spec in config.agents.items():
+        model, tokenizer = load_configured(spec.model)
+        segmenter = StepSegmenter(tokenizer)
+        opening = tokenizer.encode(THINK_OPEN + "\n", add_special_tokens=False)
+        steps = [segment_text(chain, segmenter) for _, chain in chains]
+        sequences = [(agents[role].prefix_ids(p.prompt, tokenizer) + opening,
+                      tokenizer.encode(chain, add_special_tokens=False)) for p, chain in chains]
+        entropies = token_entropies(model, sequences)
+        records = []
+        for (problem, _), chain_steps, entropy in zip(chains, steps, entropies):
+            scores = step_entropies(entropy, chain_steps).mean
+            pruned = select_steps(scores, config.sft.skip_kappa, "low")
+            thinking = prune_text([s.text for s in chain_steps], pruned, config.rewards.skip.placeholder)
+            record = sft_example(problem.id, problem.prompt, problem.answer, thinking,
+                                 f"The answer is \\boxed{{{problem.answer}}}.", role)
+            if agents[role].check_format(record["turns"][0]["text"], "stop").ok:
+                records.append({**record, "meta": {"step_entropy": scores, "pruned": pruned}})
+        logger.info("cold start (entropy_skip): %d/%d examples for %s", len(records), len(chains), role)
+        paths[role] = _write_records(records, Path(out_dir) / f"{role}.jsonl")
+        del model
     return paths
 
 

@@ -54,6 +54,8 @@ class ModelConfig:
     dtype: str = _f("auto", "Weights dtype; auto picks bf16 where the hardware supports it.",
                     ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"))
     device: str = _f("auto", "Device for the embedded backend: auto, cpu, cuda, cuda:N.")
+    add_tokens: List[str] = _f([], "Tokens added to the vocabulary after loading, each as one token with a "
+                               "mean-initialised embedding (e.g. ['[SKIP]'] for step-entropy compression).")
 
 
 @dataclass
@@ -114,12 +116,26 @@ class VerifyConfig:
 
 
 @dataclass
+class SkipRewardsConfig:
+    ratio_high: float = _f(0.8, "skip_ratio: share of [SKIP] steps that earns bonus_high.")
+    ratio_low: float = _f(0.5, "skip_ratio: share of [SKIP] steps that earns bonus_low.")
+    bonus_high: float = _f(1.0, "skip_ratio: reward for ratio >= ratio_high (verified answers only).")
+    bonus_low: float = _f(0.5, "skip_ratio: reward for ratio_low <= ratio < ratio_high (verified answers only).")
+    max_skips: int = _f(100, "skip_count: more placeholders than this are penalised.")
+    count_penalty: float = _f(-1.0, "skip_count: the penalty (the paper's text: -1.0; its code: -2.0).")
+    max_tokens: int = _f(3500, "skip_length: more generated tokens than this are penalised.")
+    length_penalty: float = _f(-1.0, "skip_length: the penalty.")
+    placeholder: str = _f("[SKIP]", "The text that marks a skipped step.")
+
+
+@dataclass
 class RewardsConfig:
     weights: Dict[str, Dict[str, float]] = _f(
         {}, "Per agent role, reward term name -> weight (e.g. short: {correctness: 1.0}); every term is logged.")
     length_mode: str = _f("group_relative", "Token-cost form: the paper's group-relative length reward, or a linear cost.",
                           ("group_relative", "linear"))
     token_cost: float = _f(0.001, "Linear mode: reward lost per token the agent itself generated.")
+    skip: SkipRewardsConfig = _f(SkipRewardsConfig(), "Thresholds of the step-entropy [SKIP] terms (skip_ratio, ...).")
 
 
 @dataclass
@@ -146,6 +162,9 @@ class TrainerConfig:
 
 @dataclass
 class SFTConfig:
+    coldstart: str = _f("long_short", "Cold-start builder (longshort.coldstart): long_short transcripts from gold steps, "
+                        "or entropy_skip: gold chains with their lowest-entropy steps pruned to [SKIP].")
+    skip_kappa: float = _f(0.8, "entropy_skip: share of each chain's steps pruned (the lowest step entropy first).")
     examples: Optional[int] = _f(None, "Cold-start transcripts built from the training problems (None: one per problem).")
     lr: float = _f(1e-5, "Peak learning rate of cold-start SFT.")
     epochs: int = _f(3, "Passes over the cold-start examples.")

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import tokenizers
 import torch
@@ -34,6 +35,9 @@ from transformers import (
 )
 
 from longshort.paths import cache_dir
+
+if TYPE_CHECKING:
+    from longshort.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +161,49 @@ def load_model(
     _align_special_tokens(model, tokenizer)
     logger.info("loaded %s as %s on %s", name_or_path, torch_dtype, device)
     return model, tokenizer
+
+
+def load_configured(spec: "ModelConfig", *, path: str | None = None,
+                    dtype: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A recipe's model (``agents.<role>.model``): ``load_model`` with its dtype and device, then its
+    ``add_tokens``. ``path`` loads other weights of that agent (an SFT or RL checkpoint), ``dtype``
+    overrides its dtype (SFT trains fp32 master weights)."""
+    model, tokenizer = load_model(path or spec.name_or_path, dtype=dtype or spec.dtype, device=spec.device)
+    if spec.add_tokens:
+        add_tokens(model, tokenizer, spec.add_tokens)
+    return model, tokenizer
+
+
+def add_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tokens: Sequence[str]) -> list[int]:
+    """Make each of ``tokens`` one token of ``tokenizer`` with a mean-initialised embedding; their ids.
+
+    Tokens are added as non-special added tokens: atomic (never split by the BPE) but kept by
+    ``decode(skip_special_tokens=True)``, which is how engines produce text, so reward terms and
+    graders see them (``[SKIP]`` would vanish as a special token). A new row starts at the mean of the
+    existing rows: a random row would put a huge logit on the token, or none. The embedding matrix
+    only grows (padded matrices, as Qwen2's, already have spare rows). Idempotent: a token the
+    tokenizer already has as one token is left alone, its row not reset.
+    """
+    from tokenizers import AddedToken
+
+    ids = []
+    for token in tokens:
+        existing = tokenizer.convert_tokens_to_ids(token)
+        if existing is not None and existing != tokenizer.unk_token_id and tokenizer.encode(
+                token, add_special_tokens=False) == [existing]:
+            ids.append(existing)
+            continue
+        tokenizer.add_tokens([AddedToken(token, special=False, normalized=False, single_word=False)])
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        rows = model.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            for matrix in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                           if m is not None}.values():
+                matrix.weight[token_id] = matrix.weight[:rows].float().mean(dim=0).to(matrix.weight.dtype)
+        ids.append(token_id)
+    return ids
 
 
 def _local_source(name_or_path: str) -> Path | None:

@@ -78,9 +78,10 @@ class Registry(Generic[T]):
 
 
 # The framework's extension points. Built-ins register themselves when their package is imported
-# (agents/, envs/, longshort.rewards, longshort.engines, longshort.data).
+# (agents/, envs/, longshort.rewards, longshort.engines, longshort.data, longshort.coldstart).
 AGENTS: Registry = Registry("agent")
 ENVS: Registry = Registry("env")
 REWARDS: Registry = Registry("reward term")
 ENGINES: Registry = Registry("engine")
 BENCHMARKS: Registry = Registry("benchmark")
+COLDSTART: Registry = Registry("cold-start builder")

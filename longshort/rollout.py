@@ -122,7 +122,7 @@ def build_engines(config: Config, *, share: bool = True) -> dict[str, Engine]:
     Sharing is right for inference (one model, bigger batches); RL with two trainable agents needs
     two independent copies (``share=False``) because each agent's weights move separately.
     """
-    from longshort.models import load_model
+    from longshort.models import load_configured
 
     if config.rollout.engine != "hf":
         raise ValueError(f"build_engines builds the embedded 'hf' engine; rollout.engine={config.rollout.engine} "
@@ -130,9 +130,10 @@ def build_engines(config: Config, *, share: bool = True) -> dict[str, Engine]:
     cache: dict[object, Engine] = {}
     engines = {}
     for role, spec in config.agents.items():
-        key = (spec.model.name_or_path, spec.model.dtype, spec.model.device) if share else role
+        key = (spec.model.name_or_path, spec.model.dtype, spec.model.device, tuple(spec.model.add_tokens)) \
+            if share else role
         if key not in cache:
-            model, tokenizer = load_model(spec.model.name_or_path, dtype=spec.model.dtype, device=spec.model.device)
+            model, tokenizer = load_configured(spec.model)
             cache[key] = ENGINES.get("hf")(model, tokenizer, max_batch_size=config.rollout.max_batch_size,
                                            seed=config.seed)
         engines[role] = cache[key]
@@ -145,4 +146,4 @@ def build_runner(config: Config, engines: Mapping[str, Engine] | None = None) ->
     return RolloutRunner(build_env_factory(config, built), built, engines or build_engines(config),
                          verifier=Verifier(fallbacks=config.verify.fallbacks, timeout=config.verify.timeout),
                          reward_weights=config.rewards.weights,
-                         reward_context=RewardContext(built, config.rewards.length_mode, config.rewards.token_cost))
+                         reward_context=RewardContext.from_config(built, config.rewards))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -17,9 +18,10 @@ from rich.console import Console
 
 from longshort import cli
 from longshort.config import Config, DataSourceConfig, to_yaml
-from longshort.coldstart import load_coldstart, write_coldstart
+from longshort.coldstart import load_coldstart
 from longshort.data import Problem, load_jsonl, load_problems, save_jsonl
-from longshort.models import load_model
+from longshort.models import load_configured
+from longshort.registry import COLDSTART
 from longshort.rollout import build_agents
 from longshort.sft import run_sft
 
@@ -82,9 +84,10 @@ def stage_models(config: Config, run: Path, stage: str) -> dict[str, str]:
 
 
 def stage_sft(config: Config, run: Path) -> None:
-    """Cold-start data from the training problems' gold steps, then SFT of each agent in its style."""
+    """Cold-start data from the training problems' gold steps (the ``sft.coldstart`` builder), then SFT
+    of each agent in its style."""
     problems = _problems(run, "train")[: config.sft.examples]
-    paths = write_coldstart(problems, run / "sft" / "coldstart", config.seed, roles=tuple(config.agents))
+    paths = COLDSTART.get(config.sft.coldstart)(config, problems, run / "sft" / "coldstart")
     if config.backend.name == "openrlhf":
         from longshort.trainers import openrlhf_launcher
 
@@ -94,7 +97,7 @@ def stage_sft(config: Config, run: Path) -> None:
     for role, spec in config.agents.items():
         transcripts = load_coldstart(paths[role])
         console.print(f"sft: {role} agent on {len(transcripts)} cold-start transcripts")
-        model, tokenizer = load_model(spec.model.name_or_path, dtype="fp32", device=spec.model.device)
+        model, tokenizer = load_configured(spec.model, dtype="fp32")
         run_sft(model, tokenizer, agents[role], transcripts, config.sft, run / "sft" / role, seed=config.seed)
 
 
@@ -109,7 +112,7 @@ def stage_rl(config: Config, run: Path) -> None:
         return
     from longshort.trainers import GRPOTrainer
 
-    models = {role: load_model(path, dtype=config.agents[role].model.dtype, device=config.agents[role].model.device)
+    models = {role: load_configured(config.agents[role].model, path=path)
               for role, path in stage_models(config, run, "sft").items()}
     finals = GRPOTrainer(config, _problems(run, "train"), run / "rl", models).train()
     (run / "rl" / "final.json").write_text(json.dumps({role: str(path) for role, path in finals.items()}) + "\n")
@@ -165,8 +168,9 @@ def run_pipeline(config: Config, *, restart: bool = False) -> Path:
             continue
         (run / name).mkdir(parents=True, exist_ok=True)
         console.rule(f"stage: {name}")
+        began = time.perf_counter()
         STAGE_FUNCTIONS[name](config, run)
-        marker.write_text(json.dumps({"stage": name}) + "\n")
+        marker.write_text(json.dumps({"stage": name, "seconds": round(time.perf_counter() - began, 1)}) + "\n")
     return run
 
 

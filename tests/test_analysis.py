@@ -22,15 +22,16 @@ from longshort.analysis.lenient_json import loads
 from longshort.analysis.pruning import (SKIP, answer_after_pruning, prune_count, prune_text, select_steps,
                                         summarise)
 from longshort.analysis.scoring import entropy_bits, step_entropies, stepwise_token_entropies, token_entropies
-from longshort.analysis.skip import (SkipRewardConfig, SkipRewardContext, add_skip_token, sft_examples, skip_count,
-                                     skip_length, skip_ratio, skip_stats)
+from longshort.analysis.skip import sft_examples
 from longshort.analysis.steps import StepSegmenter, segment_text, thinking_text
 from longshort.analysis.synthesis import SynthesisConfig, check_transcript, important_thoughts, runs, synthesize
 from longshort.engines.base import Generation, SamplingParams
 from longshort.engines.hf import HFEngine
 from longshort.episode import Episode, Outcome, Turn
-from longshort.models import tiny_model, tiny_tokenizer
+from longshort.config import SkipRewardsConfig
+from longshort.models import add_tokens, tiny_model, tiny_tokenizer
 from longshort.rewards import RewardContext
+from longshort.rewards.skip import skip_count, skip_length, skip_ratio, skip_stats
 from longshort.verify import Verifier
 
 
@@ -244,13 +245,13 @@ def test_answer_after_pruning_end_to_end_on_the_tiny_model():
 def test_skip_token_is_one_token_mean_initialised_and_survives_decoding():
     model, tok = tiny_model(seed=0)
     before = model.get_input_embeddings().weight.detach().clone()
-    skip_id = add_skip_token(model, tok)
+    [skip_id] = add_tokens(model, tok, [SKIP])
     assert skip_id == before.shape[0] and model.get_input_embeddings().weight.shape[0] == before.shape[0] + 1
     assert torch.allclose(model.get_input_embeddings().weight[skip_id], before.mean(dim=0), atol=1e-6)
     ids = enc(tok, "a[SKIP][SKIP]b")
     assert ids.count(skip_id) == 2
     assert tok.decode(ids, skip_special_tokens=True) == "a[SKIP][SKIP]b"
-    assert add_skip_token(model, tok) == skip_id and len(tok) == skip_id + 1  # idempotent
+    assert add_tokens(model, tok, [SKIP]) == [skip_id] and len(tok) == skip_id + 1  # idempotent
 
 
 def _episode(text: str, correct: bool, tokens: int = 10) -> Episode:
@@ -269,7 +270,7 @@ def test_skip_rewards_pay_compression_only_for_correct_answers():
     assert skip_count([_episode(spam, True), _episode(spam, False), _episode(high, True)], "single", ctx) == [
         -1.0, -1.0, 0.0]
     assert skip_length([_episode("x", True, 3501), _episode("x", False, 3500)], "single", ctx) == [-1.0, 0.0]
-    strict = SkipRewardContext(agents={}, skip=SkipRewardConfig(count_penalty=-2.0, max_tokens=5))
+    strict = RewardContext(agents={}, skip=SkipRewardsConfig(count_penalty=-2.0, max_tokens=5))
     assert skip_count([_episode(spam, True)], "single", strict) == [-2.0]
     assert skip_length([_episode("x", True, 6)], "single", strict) == [-1.0]
 

@@ -52,3 +52,37 @@ def test_a_finished_stage_is_skipped_when_the_run_starts_again(tiny_dir, tmp_pat
     assert main(["recipe=tiny", *overrides]) == 0
     assert final.stat().st_mtime_ns == stamp
     assert "done already" in capsys.readouterr().err
+
+
+def _skip_overrides(tiny_dir: Path, out: Path) -> list[str]:
+    return [f"output_dir={out}", f"agents.single.model.name_or_path={tiny_dir}", "agents.single.model.dtype=fp32",
+            "data.train.limit=8", "data.eval.limit=4", "sft.examples=8", "sft.batch_size=4", "sft.save_every=1",
+            "trainer.steps=2", "trainer.save_every=1", "rollout.problems_per_step=2", "rollout.group_size=2",
+            "agents.single.sampling.max_new_tokens=8", "eval.max_new_tokens=8"]
+
+
+def test_step_entropy_recipe_prunes_the_lowest_entropy_steps_and_trains_with_one_skip_token(tiny_dir, tmp_path):
+    config = load_config("step_entropy_tiny", _skip_overrides(tiny_dir, tmp_path / "run"))
+    run = run_pipeline(config)
+    for stage in ("data", "sft", "rl", "eval"):
+        assert (run / stage / "DONE").is_file()
+    records = [json.loads(line) for line in (run / "sft" / "coldstart" / "single.jsonl").read_text().splitlines()]
+    problems = {row["id"]: row for row in map(json.loads, (run / "data" / "train.jsonl").read_text().splitlines())}
+    assert len(records) == 8
+    for record in records:
+        steps = problems[record["id"]]["meta"]["steps"]
+        scores, pruned = record["meta"]["step_entropy"], record["meta"]["pruned"]
+        assert len(scores) == len(steps) and len(pruned) == int(0.8 * len(steps) + 1e-9)
+        assert sorted(pruned) == sorted(sorted(range(len(scores)), key=scores.__getitem__)[:len(pruned)])
+        text = record["turns"][0]["text"]
+        assert text.count("[SKIP]") == len(pruned) and text.startswith("<think>\n")
+        kept = [step.strip() for i, step in enumerate(steps) if i not in pruned]
+        positions = [text.index(step) for step in kept]
+        assert positions == sorted(positions)  # kept steps stay in their order
+        assert text.endswith(f"\\boxed{{{problems[record['id']]['answer']}}}.")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run / "sft" / "single" / "final")
+    assert len(tokenizer.encode("[SKIP]", add_special_tokens=False)) == 1
+    metrics = [json.loads(line) for line in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert {"reward/single/skip_ratio", "reward/single/correctness"} <= set(metrics[0])

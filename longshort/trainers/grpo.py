@@ -45,7 +45,7 @@ from longshort.config import Config
 from longshort.data import Problem
 from longshort.engines.hf import HFEngine
 from longshort.episode import Episode, TrainingSample, save_episodes
-from longshort.models import load_model
+from longshort.models import load_configured
 from longshort.rollout import build_runner
 from longshort.trainers.metrics import MetricsLogger, episode_metrics
 from longshort.trainers.policy import MicroBatch, Policy
@@ -275,9 +275,9 @@ def _own_models(config: Config, given: dict[str, ModelPair]) -> dict[str, ModelP
         if role in given:
             model, tokenizer = given[role]
         else:
-            key = (spec.model.name_or_path, spec.model.dtype, spec.model.device)
+            key = (spec.model.name_or_path, spec.model.dtype, spec.model.device, tuple(spec.model.add_tokens))
             if key not in loaded:
-                loaded[key] = load_model(spec.model.name_or_path, dtype=spec.model.dtype, device=spec.model.device)
+                loaded[key] = load_configured(spec.model)
             model, tokenizer = loaded[key]
         if id(model) in claimed and (spec.trainable or claimed[id(model)]):
             model = copy.deepcopy(model)

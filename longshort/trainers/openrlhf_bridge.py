@@ -70,7 +70,7 @@ class BridgeRuntime:
         self.env_factory = build_env_factory(config, self.agents)
         self.verifier = Verifier(fallbacks=config.verify.fallbacks, timeout=config.verify.timeout)
         self.weights = {role: dict(config.rewards.weights.get(role, {}))}
-        self.reward_context = RewardContext(self.agents, config.rewards.length_mode, config.rewards.token_cost)
+        self.reward_context = RewardContext.from_config(self.agents, config.rewards)
         self.group_size = config.rollout.group_size
 
     @classmethod
