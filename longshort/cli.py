@@ -5,6 +5,7 @@ Arguments are Hydra-style: ``recipe=NAME`` (or a path to a YAML file), then any 
 """
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass, field
 
@@ -66,4 +67,17 @@ def load(prog: str, argv: list[str] | None, flags: dict[str, str]) -> tuple[Conf
     if "--print-config" in invocation.flags:
         print(to_yaml(config), end="")
         raise SystemExit(0)
+    show_progress_messages()
     return config, invocation
+
+
+def show_progress_messages() -> None:
+    """Send longshort's own INFO messages (resumed checkpoints, skipped data rows) to stderr, once.
+
+    Only the ``longshort`` logger: third-party libraries keep their own levels."""
+    log = logging.getLogger("longshort")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)

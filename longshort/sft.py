@@ -73,13 +73,21 @@ class SFTExample:
         return sum(self.loss_mask)
 
 
-def turns_from_texts(turns: Sequence[dict], tokenizer) -> list[Turn]:
+def turns_from_texts(turns: Sequence[dict], tokenizer, agent: Agent) -> list[Turn]:
     """Turn records for text-only turns, tokenised with ``tokenizer`` exactly as ``Agent.view`` would
     re-tokenise a partner's text (``encode(text, add_special_tokens=False)``). The ids are filled in
-    here rather than left to the view because ``training_sample`` needs one logprob per own token."""
+    here rather than left to the view because ``training_sample`` needs one logprob per own token.
+
+    A turn of ``agent`` that does not end with one of its stop strings ended, when sampled, with the
+    end-of-sequence token (the single and skip agents always do), and a rollout's turn keeps that
+    token among its actions: it is appended here too, so SFT teaches the model to stop."""
     records = []
+    eos = tokenizer.eos_token_id
     for turn in turns:
         ids = list(tokenizer.encode(turn["text"], add_special_tokens=False))
+        ended_by_stop = bool(agent.stop) and turn["text"].rstrip().endswith(tuple(agent.stop))
+        if turn["role"] == agent.role and not ended_by_stop and eos is not None:
+            ids.append(eos)
         records.append(Turn(role=turn["role"], prompt_ids=[], action_ids=ids, logprobs=[0.0] * len(ids),
                             text=turn["text"], finish_reason="stop", vocab=vocab_key(tokenizer)))
     return records
@@ -93,7 +101,7 @@ def build_examples(agent: Agent, transcripts: Sequence[dict], tokenizer, max_len
     """
     examples, truncated, dropped = [], 0, 0
     for record in transcripts:
-        sample = agent.training_sample(record["question"], turns_from_texts(record["turns"], tokenizer), tokenizer)
+        sample = agent.training_sample(record["question"], turns_from_texts(record["turns"], tokenizer, agent), tokenizer)
         if sample is None:
             continue
         ids, mask = sample.input_ids[:max_length], sample.action_mask[:max_length]

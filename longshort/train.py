@@ -132,6 +132,8 @@ def stage_eval(config: Config, run: Path) -> None:
         results = evaluate_problems(staged, heldout, out_dir=run / "eval" / checkpoint, system=checkpoint)
         rows.append((checkpoint, results.sets["heldout"]))
     summary = summary_table(rows, list(config.agents))
+    if (run / "rl" / "metrics.jsonl").is_file():
+        summary += "\n" + reward_trend(run / "rl" / "metrics.jsonl", list(config.agents))
     (run / "summary.md").write_text(summary)
     (run / "summary.json").write_text(json.dumps({name: result.to_dict() for name, result in rows}, indent=2) + "\n")
     console.print(summary, markup=False, highlight=False)
@@ -146,6 +148,27 @@ def summary_table(rows, roles: list[str]) -> str:
                  *[f"{result.tokens_by_role.get(role, 0.0):.1f}" for role in roles],
                  f"{100 * (1 - result.format_failure_rate):.1f}%", f"{result.turns:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def reward_trend(metrics_path: Path, roles: list[str]) -> str:
+    """Markdown: the RL rollouts' mean total reward per agent, and accuracy, over the first and the last
+    quarter of the steps (at least one step each): whether RL moved the reward, on its own episodes."""
+    steps = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    k = max(1, len(steps) // 4)
+    first, last = steps[:k], steps[-k:]
+
+    def mean(rows: list[dict], key: str) -> float:
+        values = [row[key] for row in rows if key in row]
+        return sum(values) / len(values) if values else float("nan")
+
+    keys = [(f"reward ({role})", f"reward/{role}/total") for role in roles if f"reward/{role}/total" in steps[0]]
+    keys.append(("accuracy", "episode/accuracy"))
+    lines = [f"RL rollouts: steps 1-{k} against steps {len(steps) - k + 1}-{len(steps)} of {len(steps)}",
+             "", "| measure | first steps | last steps | change |", "| --- | --- | --- | --- |"]
+    for label, key in keys:
+        a, b = mean(first, key), mean(last, key)
+        lines.append(f"| {label} | {a:.3f} | {b:.3f} | {b - a:+.3f} |")
     return "\n".join(lines) + "\n"
 
 

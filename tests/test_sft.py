@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from agents import LongThoughtAgent, ShortThoughtAgent, vocab_key
+from agents import LongThoughtAgent, ShortThoughtAgent, SkipAgent, vocab_key
 from longshort.coldstart import ColdStartError, build_transcripts, concise, load_coldstart, write_coldstart
 from longshort.config import SFTConfig
 from longshort.data import Problem, load_problems, synthetic_problems
@@ -117,6 +117,20 @@ def test_sft_examples_mask_exactly_the_agents_own_tokens(agent):
         agent.prefix_ids(record["question"], tokenizer))
     (cut,) = build_examples(agent, [record], tokenizer, max_length=len(example.input_ids) - 3)
     assert cut.input_ids == example.input_ids[:-3] and cut.trained_tokens == example.trained_tokens - 3
+
+
+def test_a_turn_that_ends_without_a_stop_string_is_trained_to_end_with_eos():
+    """The single/skip agents' turns end at end-of-sequence when sampled; SFT must teach that token,
+    or the fine-tuned model never stops (a long/short turn ends at its stop tag and gets no EOS)."""
+    _, tokenizer = tiny_model()
+    text = "<think>\n2 + 3 = 5\n</think>\n\nThe answer is \\boxed{5}."
+    record = {"id": "p", "question": "What is 2 + 3?", "answer": "5", "turns": [{"role": "single", "text": text}]}
+    (example,) = build_examples(SkipAgent("single"), [record], tokenizer, max_length=4096)
+    trained = [token for token, m in zip(example.input_ids, example.loss_mask) if m]
+    assert trained == tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+    long_record = build_transcripts(synthetic_problems(1, seed=0), seed=0)[0]
+    (long_example,) = build_examples(LONG, [long_record], tokenizer, max_length=4096)
+    assert long_example.input_ids[-1] != tokenizer.eos_token_id
 
 
 def test_epoch_batches_cover_every_example_once_and_bucket_by_length():

@@ -40,8 +40,10 @@ def test_pipeline_runs_every_stage_and_writes_a_summary(tiny_dir, tmp_path):
     assert len((run / "rl" / "metrics.jsonl").read_text().splitlines()) == 2
     finals = json.loads((run / "rl" / "final.json").read_text())
     assert set(finals) == {"long", "short"} and stage_models(config, run, "rl") == finals
-    summary = (run / "summary.md").read_text()
-    assert [line.split("|")[1].strip() for line in summary.splitlines()[2:]] == ["base", "sft", "rl"]
+    table, trend = (run / "summary.md").read_text().split("\n\n", 1)
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["base", "sft", "rl"]
+    assert [line.split("|")[1].strip() for line in trend.splitlines()[4:]] == ["reward (long)", "reward (short)",
+                                                                             "accuracy"]
 
 
 def test_a_finished_stage_is_skipped_when_the_run_starts_again(tiny_dir, tmp_path, capsys):

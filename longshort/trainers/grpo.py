@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import random
 import shutil
 import time
@@ -52,6 +53,7 @@ from longshort.trainers.policy import MicroBatch, Policy
 from longshort.trainers.schedule import ProblemStream, Schedule
 
 ModelPair = tuple  # (PreTrainedModel, tokenizer)
+logger = logging.getLogger(__name__)
 
 
 class GRPOTrainer:
@@ -247,6 +249,7 @@ class GRPOTrainer:
         if checkpoint is None:
             return 0
         state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+        logger.info("rl: resuming from %s (%d of %d steps done)", checkpoint, state["step"], self.config.trainer.steps)
         for role, policy in self.policies.items():
             policy.load(checkpoint / role)
         self.stream.cursor = state["data_cursor"]
