@@ -48,6 +48,7 @@ from transformers import get_cosine_schedule_with_warmup
 from agents.base import Agent, vocab_key
 from longshort.config import SFTConfig
 from longshort.episode import Turn
+from longshort.memory import release_freed_memory
 from longshort.models import pick_dtype
 
 logger = logging.getLogger(__name__)
@@ -294,6 +295,7 @@ def run_sft(model, tokenizer, agent: Agent, transcripts: Sequence[dict], config:
                 micro_batches = epoch_batches(lengths, config.batch_size, config.grad_accum, seed, epoch)[index]
                 metrics = _train_step(model, optimizer, scheduler, [[examples[i] for i in mb] for mb in micro_batches],
                                       pad_id, device, use_bf16, share_prefix=not checkpointing)
+                release_freed_memory()
                 step += 1
                 metrics = {"step": step, "epoch": epoch + (index + 1) / per_epoch, **metrics}
                 with open(out / LOG_FILE, "a") as handle:

@@ -46,6 +46,7 @@ from longshort.config import Config
 from longshort.data import Problem
 from longshort.engines.hf import HFEngine
 from longshort.episode import Episode, TrainingSample, save_episodes
+from longshort.memory import release_freed_memory
 from longshort.models import load_configured
 from longshort.rollout import build_runner
 from longshort.trainers.metrics import MetricsLogger, episode_metrics
@@ -113,6 +114,7 @@ class GRPOTrainer:
         with MetricsLogger(self.out_dir, tc.steps, start_step=start, progress=self.progress) as logger:
             for step in range(start, tc.steps):
                 metrics = self.step(step)
+                release_freed_memory()
                 done = step + 1
                 logger.log(done, metrics, write=done % tc.log_every == 0 or done == tc.steps)
                 if done % tc.save_every == 0 or done == tc.steps:
