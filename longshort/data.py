@@ -22,16 +22,19 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from longshort import paths
 from longshort.registry import BENCHMARKS, UnknownNameError, did_you_mean
 from longshort.synthetic import SPLITS, split_seed, synthetic_problems
 
+if TYPE_CHECKING:
+    from longshort.config import DataSourceConfig
+
 __all__ = [
     "BENCHMARKS", "BenchmarkSpec", "CHOICE_LETTERS", "DataError", "Fields", "Problem", "SPLITS",
-    "choice_prompt", "load_benchmark", "load_hub", "load_jsonl", "load_problems", "row_to_problem",
-    "save_jsonl", "shuffle_choices", "split_gpqa_options", "split_seed", "synthetic_problems",
+    "choice_prompt", "load_benchmark", "load_hub", "load_jsonl", "load_problems", "load_source", "row_to_problem",
+    "save_jsonl", "shuffle_choices", "source_kind", "split_gpqa_options", "split_seed", "synthetic_problems",
 ]
 
 CHOICE_LETTERS = "ABCD"
@@ -390,6 +393,23 @@ def load_benchmark(name: str, *, data_dir: str | Path | None = None, limit: int 
         ) from err
 
 
+def source_kind(source: str) -> str:
+    """Which loader a data source string selects: "synthetic", "benchmark", "jsonl" or "hub"."""
+    if source.partition(":")[0] == "synthetic":
+        return "synthetic"
+    if source in BENCHMARKS:
+        return "benchmark"
+    if source.endswith(".jsonl") or Path(source).is_file():
+        return "jsonl"
+    if "/" in source:
+        return "hub"
+    known = ["synthetic", *BENCHMARKS.names()]
+    raise UnknownNameError(
+        f"unknown data source '{source}'{did_you_mean(source, known)}; use one of {', '.join(known)}, "
+        "a .jsonl path, or a Hub dataset id (owner/name)"
+    )
+
+
 def load_problems(source: str, **kw: Any) -> list[Problem]:
     """Problems from a config string (``data.source``); ``kw`` go to the loader the source selects.
 
@@ -400,19 +420,26 @@ def load_problems(source: str, **kw: Any) -> list[Problem]:
     - a path ending in ``.jsonl`` or naming an existing file: ``load_jsonl``.
     - anything else with a ``/`` is a Hub dataset id: ``load_hub`` (``split``, ``config``, keys...).
     """
-    name, _, split = source.partition(":")
-    if name == "synthetic":
+    kind = source_kind(source)
+    if kind == "synthetic":
+        split = source.partition(":")[2]
         limit, seed = kw.pop("limit", None), kw.pop("seed", 0)
         seed = split_seed(seed, split) if split else seed
         return synthetic_problems(1000 if limit is None else limit, seed=seed, **kw)
-    if source in BENCHMARKS:
-        return load_benchmark(source, **kw)
-    if source.endswith(".jsonl") or Path(source).is_file():
-        return load_jsonl(source, **kw)
-    if "/" in source:
-        return load_hub(source, **kw)
-    known = ["synthetic", *BENCHMARKS.names()]
-    raise UnknownNameError(
-        f"unknown data source '{source}'{did_you_mean(source, known)}; use one of {', '.join(known)}, "
-        "a .jsonl path, or a Hub dataset id (owner/name)"
-    )
+    return {"benchmark": load_benchmark, "jsonl": load_jsonl, "hub": load_hub}[kind](source, **kw)
+
+
+def load_source(source: "DataSourceConfig", seed: int) -> list[Problem]:
+    """The problems a recipe's data section names (``data.train``, ``data.eval``): each field of the
+    section goes to the loader that uses it; synthetic splits get disjoint seeds from the run seed."""
+    kind = source_kind(source.source)
+    if kind == "synthetic":
+        name = source.source if ":" in source.source else f"synthetic:{source.split}"
+        return load_problems(name, limit=source.limit, seed=seed, min_steps=source.min_steps,
+                             max_steps=source.max_steps)
+    kw: dict[str, Any] = {"limit": source.limit}
+    if kind in ("jsonl", "hub"):
+        kw.update(prompt_key=source.prompt_key, answer_key=source.answer_key)
+    if kind == "hub":
+        kw["split"] = source.split
+    return load_problems(source.source, **kw)

@@ -17,9 +17,9 @@ from typing import Callable
 from rich.console import Console
 
 from longshort import cli
-from longshort.config import Config, DataSourceConfig, to_yaml
+from longshort.config import Config, to_yaml
 from longshort.coldstart import load_coldstart
-from longshort.data import Problem, load_jsonl, load_problems, save_jsonl
+from longshort.data import Problem, load_jsonl, load_source, save_jsonl
 from longshort.models import load_configured
 from longshort.registry import COLDSTART
 from longshort.rollout import build_agents
@@ -29,20 +29,6 @@ console = Console(stderr=True)
 
 FLAGS = {"--restart": "ignore DONE markers (SFT and RL still reuse their checkpoints: delete a stage's folder to retrain)",
          "--dry-run": "print what would run (for backend.name=openrlhf: every command with its flags) and exit"}
-
-
-def load_source(source: DataSourceConfig, seed: int) -> list[Problem]:
-    """The problems a data section names: synthetic splits get disjoint seeds from the run seed."""
-    if source.source == "synthetic":
-        return load_problems(f"synthetic:{source.split}", limit=source.limit, seed=seed,
-                             min_steps=source.min_steps, max_steps=source.max_steps)
-    if source.source.endswith(".jsonl") or Path(source.source).is_file():
-        return load_problems(source.source, prompt_key=source.prompt_key, answer_key=source.answer_key,
-                             limit=source.limit)
-    if "/" in source.source:
-        return load_problems(source.source, split=source.split, prompt_key=source.prompt_key,
-                             answer_key=source.answer_key, limit=source.limit)
-    return load_problems(source.source, limit=source.limit)
 
 
 def stage_data(config: Config, run: Path) -> None:
