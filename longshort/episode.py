@@ -40,10 +40,16 @@ class Outcome:
     answer_role: str | None = None
     extracted: str | None = None  # the answer pulled out of answer_text
     correct: bool = False
+    verdict: str | None = None  # the grader's reason (ok, wrong, no_answer, timeout, ...); None if ungraded
 
     @property
     def finished(self) -> bool:
         return self.reason == "answered"
+
+    def set_verdict(self, verdict) -> None:
+        """Keep a grader's ``longshort.verify.Verdict`` on the answer: what it extracted, whether it
+        is correct, and why (evaluation records count the reasons)."""
+        self.extracted, self.correct, self.verdict = verdict.extracted, verdict.correct, verdict.reason
 
 
 @dataclass

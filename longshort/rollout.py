@@ -82,7 +82,7 @@ class RolloutRunner:
         if episode.outcome.finished:
             verdict = await asyncio.to_thread(self.verifier.grade, episode.outcome.answer_text, problem.answer,
                                               choices=problem.meta.get("choices"))
-            episode.outcome.extracted, episode.outcome.correct = verdict.extracted, verdict.correct
+            episode.outcome.set_verdict(verdict)
         return episode
 
     # ------------------------------------------------------------------ training data

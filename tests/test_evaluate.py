@@ -81,23 +81,24 @@ def test_pass_at_k_is_the_unbiased_estimator():
         pass_at_k(2, 3, 1)
 
 
-def episode(item: str, sample: int, turns: list[tuple[str, int]], reason: str, correct: bool = False) -> Episode:
+def episode(item: str, sample: int, turns: list[tuple[str, int]], reason: str, verdict: str | None = None) -> Episode:
     built = [Turn(role, [1], list(range(n)), [0.0] * n, "x", "stop", "v") for role, n in turns]
-    outcome = Outcome(reason, answer_text="\\boxed{1}" if reason == "answered" else None, correct=correct)
+    outcome = Outcome(reason, answer_text="\\boxed{1}" if reason == "answered" else None, correct=verdict == "ok",
+                      verdict=verdict)
     return Episode(item, sample, "q", "1", built, outcome)
 
 
 def test_metrics_from_hand_built_episodes():
     # item a: 4 samples, 1 correct; item b: 4 samples, none correct, one a format failure, one a timeout verdict
     records = [
-        Record.from_episode(episode("a", 0, [("long", 10), ("short", 5)], "answered", True), "ok"),
-        Record.from_episode(episode("a", 1, [("long", 20), ("short", 5)], "answered"), "wrong"),
-        Record.from_episode(episode("a", 2, [("long", 10), ("short", 5), ("long", 10), ("short", 5)], "answered"),
-                            "wrong"),
-        Record.from_episode(episode("a", 3, [("long", 10), ("short", 5)], "answered"), "error: worker died"),
-        Record.from_episode(episode("b", 0, [("long", 30)], "format:long"), None),
-        Record.from_episode(episode("b", 1, [("long", 10), ("short", 10)], "answered"), "timeout"),
-        Record.from_episode(episode("b", 2, [("long", 10), ("short", 10)], "turn_cap"), None),
+        Record.from_episode(episode("a", 0, [("long", 10), ("short", 5)], "answered", "ok")),
+        Record.from_episode(episode("a", 1, [("long", 20), ("short", 5)], "answered", "wrong")),
+        Record.from_episode(episode("a", 2, [("long", 10), ("short", 5), ("long", 10), ("short", 5)], "answered",
+                                    "wrong")),
+        Record.from_episode(episode("a", 3, [("long", 10), ("short", 5)], "answered", "error: worker died")),
+        Record.from_episode(episode("b", 0, [("long", 30)], "format:long")),
+        Record.from_episode(episode("b", 1, [("long", 10), ("short", 10)], "answered", "timeout")),
+        Record.from_episode(episode("b", 2, [("long", 10), ("short", 10)], "turn_cap")),
         Record.broken(Problem("b", "q", "1"), 3, RuntimeError("engine died")),
     ]
     result = summarize("set", records, samples=4)

@@ -56,14 +56,14 @@ class Record:
         return sum(self.tokens.values())
 
     @classmethod
-    def from_episode(cls, episode: Episode, verdict: str | None) -> Record:
+    def from_episode(cls, episode: Episode) -> Record:
         tokens: dict[str, int] = {}
         for turn in episode.turns:
             tokens[turn.role] = tokens.get(turn.role, 0) + turn.num_tokens
         turns = [{"role": t.role, "text": t.text, "tokens": t.num_tokens, "finish_reason": t.finish_reason,
                   "format": t.format_reason} for t in episode.turns]
         return cls(id=episode.problem_id, sample=episode.sample_index, correct=bool(episode.outcome.correct),
-                   outcome=episode.outcome.reason, gold=episode.gold, verdict=verdict,
+                   outcome=episode.outcome.reason, gold=episode.gold, verdict=episode.outcome.verdict,
                    extracted=episode.outcome.extracted, tokens=tokens, turns=turns)
 
     @classmethod

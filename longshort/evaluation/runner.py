@@ -29,7 +29,7 @@ import json
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -39,7 +39,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from longshort.config import AgentConfig, Config, EnvConfig, SamplingConfig, to_yaml
 from longshort.data import Problem, load_benchmark
 from longshort.engines.base import Engine
-from longshort.episode import Episode
 from longshort.evaluation.metrics import SetResult, summarize
 from longshort.evaluation.published import published_for
 from longshort.evaluation.records import Record, RecordFile
@@ -48,7 +47,7 @@ from longshort.evaluation.results import Results
 from longshort.models import MODEL_ALIASES
 from longshort.registry import ENVS
 from longshort.rollout import RolloutRunner, build_agents, build_engines, build_env_factory
-from longshort.verify import Verdict, Verifier
+from longshort.verify import Verifier
 
 console = Console(stderr=True)
 
@@ -195,30 +194,6 @@ def _bind(engines: Mapping[str, Engine], eval_config: Config) -> dict[str, Engin
 # ------------------------------------------------------------------------------------------ playing
 
 
-@dataclass(frozen=True)
-class _RecordingVerifier(Verifier):
-    """The recipe's verifier, remembering each verdict so a record can say *why* it was graded so.
-
-    The runner keeps only ``correct``; the reason (``timeout``, ``unparsable_gold``, ...) is what the
-    verify-failure counts need. Verdicts are keyed by their inputs, which determine them.
-    """
-
-    verdicts: dict = field(default_factory=dict, compare=False)
-
-    def grade(self, response: str, gold: str, choices: list[str] | None = None) -> Verdict:
-        verdict = super().grade(response, gold, choices)
-        self.verdicts[(response, gold, tuple(choices or ()))] = verdict
-        return verdict
-
-    def reason(self, episode: Episode, problem: Problem) -> str | None:
-        """The verdict's reason for an answered episode; None when nothing was graded."""
-        if not episode.outcome.finished:
-            return None
-        verdict = self.verdicts.get((episode.outcome.answer_text, problem.answer,
-                                     tuple(problem.meta.get("choices") or ())))
-        return verdict.reason if verdict else ("ok" if episode.outcome.correct else "wrong")
-
-
 @dataclass
 class _Run:
     """One evaluation in progress: what plays the episodes and where their records go.
@@ -228,7 +203,6 @@ class _Run:
     """
 
     make_runner: Callable[[], RolloutRunner]
-    verifier: _RecordingVerifier
     samples: int
     in_flight: int
     records_dir: Path
@@ -264,7 +238,7 @@ class _Run:
             async with gate:
                 try:
                     episode = await runner.episode(problem, sample)
-                    record = Record.from_episode(episode, self.verifier.reason(episode, problem))
+                    record = Record.from_episode(episode)
                 except Exception as error:  # a broken item is recorded and counted wrong, never dropped
                     record = Record.broken(problem, sample, error)
             file.append(record)
@@ -279,7 +253,6 @@ class _Run:
             await asyncio.gather(*(one(problem, sample) for problem, sample in todo))
         finally:
             self.seconds += time.perf_counter() - started
-            self.verifier.verdicts.clear()
         return summarize(name, [done[(problem.id, sample)] for problem, sample in wanted], self.samples)
 
 
@@ -318,7 +291,7 @@ def evaluate(config: Config, problem_sets: Mapping[str, Sequence[Problem]], *, o
     with _exclusive(out_dir):
         _claim(out_dir, eval_config, restart)
         bound = _bind(engines, eval_config) if engines is not None else None
-        verifier = _RecordingVerifier(fallbacks=config.verify.fallbacks, timeout=config.verify.timeout)
+        verifier = Verifier(fallbacks=config.verify.fallbacks, timeout=config.verify.timeout)
 
         def make_runner() -> RolloutRunner:
             agents = build_agents(eval_config)
@@ -340,7 +313,7 @@ def evaluate(config: Config, problem_sets: Mapping[str, Sequence[Problem]], *, o
                 played[name] = await run.play_set(name, problems)
 
         with _progress(progress) as bar:
-            run = _Run(make_runner, verifier, ev.samples, 2 * eval_config.rollout.max_batch_size,
+            run = _Run(make_runner, ev.samples, 2 * eval_config.rollout.max_batch_size,
                        out_dir / "records", bar)
             asyncio.run(play_all(run))
         results.sets = ordered_sets({**earlier, **played})

@@ -203,7 +203,7 @@ class _Sample:
                           turns=self.env.turns, outcome=self.env.outcome)
         if episode.outcome.finished:
             verdict = await asyncio.to_thread(self.runtime.verifier.grade, episode.outcome.answer_text, self.gold)
-            episode.outcome.extracted, episode.outcome.correct = verdict.extracted, verdict.correct
+            episode.outcome.set_verdict(verdict)
         self.episode = episode
 
     @property
