@@ -1,12 +1,18 @@
-"""Give freed heap memory back to the operating system between training steps.
+"""Give freed heap memory back to the operating system between the phases of a training step.
 
 PyTorch's CPU allocator takes tensors from glibc's malloc. Blocks under glibc's mmap threshold (which
-rises towards 32 MiB as large blocks are freed) come from heaps that glibc does not shrink on its
-own, and a training step frees gigabytes of variously sized activations from two threads (the
-rollout engine's and the trainer's). Measured on the tiny recipe (SmolLM2, two trained agents): the
-resident size after each RL step grew 4.2 -> 9.1 -> 9.7 -> 9.9 GiB and reached 17.5 GiB in a 12-step
-run; with ``malloc_trim(0)`` after each step it falls back to 3.4-3.6 GiB and the peak inside a step
-stays at 9.9 GiB. Elsewhere (macOS, musl, GPU memory) this is a no-op.
+rises towards 32 MiB as large blocks are freed) come from per-thread heaps that glibc does not shrink
+on its own, and a step frees gigabytes of variously sized buffers in two places: the rollout
+engines' worker threads, then the trainer's thread, which cannot reuse the other heaps' free space.
+Measured on the tiny recipe (SmolLM2, both agents trained):
+
+- from the base models, resident size after each RL step grew 4.2 -> 9.1 -> 9.7 -> 9.9 GiB, and a
+  12-step run peaked at 17.5 GiB; with ``malloc_trim(0)`` after each step it fell back to 3.4-3.6
+  GiB between steps;
+- from the SFT checkpoints (longer episodes), 3 steps peaked at 12.8 GiB with a trim after each
+  step and at 10.6 GiB with another between the rollout and the update (what the trainer does now).
+
+Elsewhere (macOS, musl, GPU memory) this is a no-op.
 """
 from __future__ import annotations
 

@@ -114,7 +114,6 @@ class GRPOTrainer:
         with MetricsLogger(self.out_dir, tc.steps, start_step=start, progress=self.progress) as logger:
             for step in range(start, tc.steps):
                 metrics = self.step(step)
-                release_freed_memory()
                 done = step + 1
                 logger.log(done, metrics, write=done % tc.log_every == 0 or done == tc.steps)
                 if done % tc.save_every == 0 or done == tc.steps:
@@ -127,6 +126,7 @@ class GRPOTrainer:
         began = time.perf_counter()
         problems = self.stream.take(cfg.rollout.problems_per_step)
         groups = self.runner.run(problems, cfg.rollout.group_size)
+        release_freed_memory()  # the engines' decode buffers, freed in their worker threads' heaps
         rolled = time.perf_counter()
         episodes = [episode for group in groups for episode in group]
         if self.save_episodes:
@@ -137,6 +137,7 @@ class GRPOTrainer:
         for role in trained:
             stats = self.update(self.policies[role], self.samples(groups, role))
             metrics.update({f"train/{role}/{name}": value for name, value in stats.items()})
+        release_freed_memory()
         finished = time.perf_counter()
         metrics.update({"trained": list(trained), "time/rollout_s": rolled - began,
                         "time/update_s": finished - rolled, "time/step_s": finished - began})
