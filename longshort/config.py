@@ -55,7 +55,7 @@ class ModelConfig:
                     ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"))
     device: str = _f("auto", "Device for the embedded backend: auto, cpu, cuda, cuda:N.")
     add_tokens: List[str] = _f([], "Tokens added to the vocabulary after loading, each as one token with a "
-                               "mean-initialised embedding (e.g. ['[SKIP]'] for step-entropy compression).")
+                               "freshly drawn embedding row (e.g. ['[SKIP]'] for step-entropy compression).")
 
 
 @dataclass

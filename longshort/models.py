@@ -163,6 +163,11 @@ def load_model(
     return model, tokenizer
 
 
+def model_key(spec: "ModelConfig") -> tuple:
+    """What decides the loaded model of a ``ModelConfig``: specs with equal keys can share one copy."""
+    return spec.name_or_path, spec.dtype, spec.device, tuple(spec.add_tokens)
+
+
 def load_configured(spec: "ModelConfig", *, path: str | None = None,
                     dtype: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A recipe's model (``agents.<role>.model``): ``load_model`` with its dtype and device, then its

@@ -122,7 +122,7 @@ def build_engines(config: Config, *, share: bool = True) -> dict[str, Engine]:
     Sharing is right for inference (one model, bigger batches); RL with two trainable agents needs
     two independent copies (``share=False``) because each agent's weights move separately.
     """
-    from longshort.models import load_configured
+    from longshort.models import load_configured, model_key
 
     if config.rollout.engine != "hf":
         raise ValueError(f"build_engines builds the embedded 'hf' engine; rollout.engine={config.rollout.engine} "
@@ -130,8 +130,7 @@ def build_engines(config: Config, *, share: bool = True) -> dict[str, Engine]:
     cache: dict[object, Engine] = {}
     engines = {}
     for role, spec in config.agents.items():
-        key = (spec.model.name_or_path, spec.model.dtype, spec.model.device, tuple(spec.model.add_tokens)) \
-            if share else role
+        key = model_key(spec.model) if share else role
         if key not in cache:
             model, tokenizer = load_configured(spec.model)
             cache[key] = ENGINES.get("hf")(model, tokenizer, max_batch_size=config.rollout.max_batch_size,

@@ -20,13 +20,13 @@ def tiny_dir(tmp_path_factory) -> Path:
     return path
 
 
-def _overrides(tiny_dir: Path, out: Path) -> list[str]:
-    return [f"output_dir={out}", f"agents.long.model.name_or_path={tiny_dir}",
-            f"agents.short.model.name_or_path={tiny_dir}", "agents.long.model.dtype=fp32",
-            "agents.short.model.dtype=fp32", "data.train.limit=8", "data.eval.limit=4", "sft.examples=8",
-            "sft.epochs=1", "sft.batch_size=4", "sft.max_length=2048", "sft.save_every=1", "trainer.steps=2", "trainer.phase_steps=1",
-            "trainer.save_every=1", "rollout.problems_per_step=2", "rollout.group_size=2",
-            "agents.long.sampling.max_new_tokens=8", "agents.short.sampling.max_new_tokens=8",
+def _overrides(tiny_dir: Path, out: Path, roles: tuple[str, ...] = ("long", "short")) -> list[str]:
+    """A seconds-long run of a recipe: every agent (``roles``) on the tiny model, every stage tiny."""
+    per_role = [f"agents.{role}.{key}" for role in roles for key in
+                (f"model.name_or_path={tiny_dir}", "model.dtype=fp32", "sampling.max_new_tokens=8")]
+    return [f"output_dir={out}", *per_role, "data.train.limit=8", "data.eval.limit=4", "sft.examples=8",
+            "sft.epochs=1", "sft.batch_size=4", "sft.max_length=2048", "sft.save_every=1", "trainer.steps=2",
+            "trainer.phase_steps=1", "trainer.save_every=1", "rollout.problems_per_step=2", "rollout.group_size=2",
             "eval.max_new_tokens=8", "eval.max_turns=2"]
 
 
@@ -56,15 +56,8 @@ def test_a_finished_stage_is_skipped_when_the_run_starts_again(tiny_dir, tmp_pat
     assert "done already" in capsys.readouterr().err
 
 
-def _skip_overrides(tiny_dir: Path, out: Path) -> list[str]:
-    return [f"output_dir={out}", f"agents.single.model.name_or_path={tiny_dir}", "agents.single.model.dtype=fp32",
-            "data.train.limit=8", "data.eval.limit=4", "sft.examples=8", "sft.batch_size=4", "sft.save_every=1",
-            "trainer.steps=2", "trainer.save_every=1", "rollout.problems_per_step=2", "rollout.group_size=2",
-            "agents.single.sampling.max_new_tokens=8", "eval.max_new_tokens=8"]
-
-
 def test_step_entropy_recipe_prunes_the_lowest_entropy_steps_and_trains_with_one_skip_token(tiny_dir, tmp_path):
-    config = load_config("step_entropy_tiny", _skip_overrides(tiny_dir, tmp_path / "run"))
+    config = load_config("step_entropy_tiny", _overrides(tiny_dir, tmp_path / "run", roles=("single",)))
     run = run_pipeline(config)
     for stage in ("data", "sft", "rl", "eval"):
         assert (run / stage / "DONE").is_file()

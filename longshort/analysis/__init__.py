@@ -4,8 +4,8 @@ Both methods this framework implements start by cutting a chain of thought into 
 (``steps``). Long-Short groups the steps into thoughts (``chunking``), scores each thought by Monte
 Carlo rollouts (``importance``) and turns scored thoughts into two-agent cold-start transcripts
 (``synthesis``). Step entropy scores every step by the model's own token entropy (``scoring``),
-prunes low-entropy steps to ``[SKIP]`` and checks the answer still follows (``pruning``), and trains
-on the pruned chains with ``[SKIP]``-aware reward terms (``skip``). ``chains`` generates a model's own
+prunes low-entropy steps to ``[SKIP]`` and checks the answer still follows (``pruning``), and turns
+the pruned chains into ``[SKIP]`` SFT examples (``skip``; the reward terms are ``longshort.rewards.skip``). ``chains`` generates a model's own
 chains and fixes the prompt layout every continuation uses (question, ``<think>``, thinking,
 ``</think>``, answer); ``lenient_json`` reads the chunker's JSON-like answers; ``plots`` draws PNGs.
 

@@ -2,7 +2,7 @@
 
 The rest of ``[SKIP]`` lives where a user would look for it: the token is added by
 ``agents.<role>.model.add_tokens: ["[SKIP]"]`` (``longshort.models.add_tokens``: one atomic token,
-mean-initialised, kept when decoding), the reward terms are ``longshort/rewards/skip.py``, the agent
+its embedding row drawn like the others, kept when decoding), the reward terms are ``longshort/rewards/skip.py``, the agent
 that emits it is ``agents/skip.py``, and the pipeline's cold-start builder ``entropy_skip`` is in
 ``longshort/coldstart.py``.
 """

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from longshort.analysis.steps import DELIMITER, THINK_CLOSE
 from longshort.episode import Episode
 from longshort.rewards.base import RewardContext, register_reward
-
-THINK_CLOSE = "</think>"
-STEP_DELIMITER = "\n\n"
 
 
 @dataclass(frozen=True)
@@ -39,11 +37,11 @@ def skip_stats(text: str, placeholder: str = "[SKIP]") -> SkipStats:
     """``[SKIP]`` count and step count of the thinking in ``text`` (all of it when ``</think>`` is missing)."""
     thinking = text.split(THINK_CLOSE, 1)[0]
     n_skip = thinking.count(placeholder)
-    return SkipStats(n_skip, max(1, thinking.count(STEP_DELIMITER) + n_skip))
+    return SkipStats(n_skip, max(1, thinking.count(DELIMITER) + n_skip))
 
 
 def _role_text(episode: Episode, role: str) -> str:
-    return STEP_DELIMITER.join(turn.text for turn in episode.turns if turn.role == role)
+    return DELIMITER.join(turn.text for turn in episode.turns if turn.role == role)
 
 
 @register_reward("skip_ratio")

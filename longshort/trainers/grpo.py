@@ -47,7 +47,7 @@ from longshort.data import Problem
 from longshort.engines.hf import HFEngine
 from longshort.episode import Episode, TrainingSample, save_episodes
 from longshort.memory import release_freed_memory
-from longshort.models import load_configured
+from longshort.models import load_configured, model_key
 from longshort.rollout import build_runner
 from longshort.trainers.metrics import MetricsLogger, episode_metrics
 from longshort.trainers.policy import MicroBatch, Policy
@@ -281,7 +281,7 @@ def _own_models(config: Config, given: dict[str, ModelPair]) -> dict[str, ModelP
         if role in given:
             model, tokenizer = given[role]
         else:
-            key = (spec.model.name_or_path, spec.model.dtype, spec.model.device, tuple(spec.model.add_tokens))
+            key = model_key(spec.model)
             if key not in loaded:
                 loaded[key] = load_configured(spec.model)
             model, tokenizer = loaded[key]
