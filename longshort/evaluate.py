@@ -1,9 +1,9 @@
 """``python -m longshort.evaluate recipe=NAME [key=value ...] [out=DIR] [system=LABEL] [compare=DIR,...]``.
 
 Evaluates the recipe's Long-Short pair (``eval.mode=pair``) or one model alone (``eval.mode=single``)
-on ``eval.benchmarks`` and writes records, ``results.json``, ``table.md`` and ``plot.png`` into the
-output folder (default ``<output_dir>/eval``, or ``<output_dir>/eval_single`` for single mode). The
-table goes to stdout; progress to stderr. Ctrl-C keeps every finished episode: the same command
+on ``eval.benchmarks`` and writes records, ``results.json``, ``table.md``, ``plot.png`` and
+``report.html`` (``longshort.report``: the table, the plot and an episode browser) into the output
+folder (default ``<output_dir>/eval``, or ``<output_dir>/eval_single`` for single mode). The table goes to stdout; progress to stderr. Ctrl-C keeps every finished episode: the same command
 resumes. Besides config overrides it takes three arguments of its own, which are not config keys:
 ``out=`` (output folder), ``system=`` (the row label) and ``compare=`` (earlier evaluations' folders,
 comma-separated, shown as extra rows).
@@ -20,6 +20,7 @@ from longshort.data import DataError
 from longshort.evaluation import EvalError, RecordError, Results, default_out_dir, evaluate_benchmarks
 from longshort.models import ModelNotFoundError
 from longshort.registry import UnknownNameError
+from longshort.report import report_after_run
 
 PROG = "longshort.evaluate"
 FLAGS = {"--restart": "discard this output folder's records and evaluate from scratch"}
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print((out / "table.md").read_text(), end="")
+    console.print(report_after_run(out), markup=False, highlight=False)
     rate = results.tokens_per_second
     speed = f"; {results.generated_tokens:,} tokens in {results.generation_seconds:.1f} s ({rate:,.0f} tok/s)" \
         if rate else ""

@@ -3,7 +3,8 @@
 Stages run in the order of ``config.stages`` (data -> sft -> rl -> eval) inside one run directory
 that holds the resolved config, each stage's outputs and a ``<stage>/DONE`` marker. A stage with a
 marker is skipped, so an interrupted run started again continues where it stopped; drop a stage
-from ``stages`` to skip it, or delete its marker to redo it.
+from ``stages`` to skip it, or delete its marker to redo it. At the end, ``report.html`` shows the
+run (``longshort.report``).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from longshort.coldstart import load_coldstart
 from longshort.data import Problem, load_jsonl, load_source, save_jsonl
 from longshort.models import load_configured
 from longshort.registry import COLDSTART
+from longshort.report import report_after_run
 from longshort.rollout import build_agents
 from longshort.sft import run_sft
 
@@ -180,6 +182,7 @@ def run_pipeline(config: Config, *, restart: bool = False) -> Path:
         began = time.perf_counter()
         STAGE_FUNCTIONS[name](config, run)
         marker.write_text(json.dumps({"stage": name, "seconds": round(time.perf_counter() - began, 1)}) + "\n")
+    console.print(report_after_run(run), markup=False, highlight=False)
     return run
 
 
