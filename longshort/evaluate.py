@@ -3,9 +3,10 @@
 Evaluates the recipe's Long-Short pair (``eval.mode=pair``) or one model alone (``eval.mode=single``)
 on ``eval.benchmarks`` and writes records, ``results.json``, ``table.md``, ``plot.png`` and
 ``report.html`` (``longshort.report``: the table, the plot and an episode browser) into the output
-folder (default ``<output_dir>/eval``, or ``<output_dir>/eval_single`` for single mode). The table goes to stdout; progress to stderr. Ctrl-C keeps every finished episode: the same command
-resumes. Besides config overrides it takes three arguments of its own, which are not config keys:
-``out=`` (output folder), ``system=`` (the row label) and ``compare=`` (earlier evaluations' folders,
+folder (default ``<output_dir>/eval``, or ``<output_dir>/eval_single`` for single mode). The table
+goes to stdout; progress to stderr. Ctrl-C keeps every finished episode: the same command resumes.
+Besides config overrides it takes three arguments of its own, which are not config keys: ``out=``
+(output folder), ``system=`` (the row label) and ``compare=`` (earlier evaluations' folders,
 comma-separated, shown as extra rows).
 """
 from __future__ import annotations
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print((out / "table.md").read_text(), end="")
-    console.print(report_after_run(out), markup=False, highlight=False)
+    console.print(report_after_run(out), markup=False, highlight=False, soft_wrap=True)
     rate = results.tokens_per_second
     speed = f"; {results.generated_tokens:,} tokens in {results.generation_seconds:.1f} s ({rate:,.0f} tok/s)" \
         if rate else ""

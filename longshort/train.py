@@ -182,7 +182,7 @@ def run_pipeline(config: Config, *, restart: bool = False) -> Path:
         began = time.perf_counter()
         STAGE_FUNCTIONS[name](config, run)
         marker.write_text(json.dumps({"stage": name, "seconds": round(time.perf_counter() - began, 1)}) + "\n")
-    console.print(report_after_run(run), markup=False, highlight=False)
+    console.print(report_after_run(run), markup=False, highlight=False, soft_wrap=True)
     return run
 
 

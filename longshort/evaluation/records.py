@@ -46,6 +46,7 @@ class Record:
     tokens: dict[str, int] = field(default_factory=dict)
     turns: list[dict] = field(default_factory=list)
     error: str | None = None
+    prompt: str | None = None  # the problem as the agents saw it (for reading the transcript; older records lack it)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -64,13 +65,13 @@ class Record:
                   "format": t.format_reason} for t in episode.turns]
         return cls(id=episode.problem_id, sample=episode.sample_index, correct=bool(episode.outcome.correct),
                    outcome=episode.outcome.reason, gold=episode.gold, verdict=episode.outcome.verdict,
-                   extracted=episode.outcome.extracted, tokens=tokens, turns=turns)
+                   extracted=episode.outcome.extracted, tokens=tokens, turns=turns, prompt=episode.prompt)
 
     @classmethod
     def broken(cls, problem: Problem, sample: int, error: BaseException) -> Record:
         """An episode that could not be played or graded: kept, and counted wrong."""
         return cls(id=problem.id, sample=sample, correct=False, outcome=ERROR, gold=problem.answer,
-                   error=f"{type(error).__name__}: {error}")
+                   error=f"{type(error).__name__}: {error}", prompt=problem.prompt)
 
 
 class RecordFile:

@@ -69,11 +69,13 @@ def view_of_episode(data: dict) -> dict:
 
 
 def view_of_record(data: dict, prompt: str | None = None) -> dict:
-    """An evaluation ``Record`` line in the report's form (records carry no rewards and no prompt)."""
+    """An evaluation ``Record`` line in the report's form. Records carry no rewards, and records written
+    before they kept the prompt take it from ``prompt`` (the run's own data files), if given."""
     turns = [_turn(t["role"], t["text"], t["tokens"], t["finish_reason"], t["format"] == "ok", t["format"])
              for t in data.get("turns", [])]
-    view = {"id": data["id"], "sample": data["sample"], "prompt": prompt, "gold": data.get("gold"),
-            "outcome": data["outcome"], "class": outcome_class(data["outcome"], bool(data["correct"])),
+    view = {"id": data["id"], "sample": data["sample"], "prompt": data.get("prompt") or prompt,
+            "gold": data.get("gold"), "outcome": data["outcome"],
+            "class": outcome_class(data["outcome"], bool(data["correct"])),
             "correct": bool(data["correct"]), "verdict": data.get("verdict"), "extracted": data.get("extracted"),
             "tokens": data.get("tokens") or _tokens(turns), "turns": turns, "rewards": {}, "totals": {}}
     if data.get("error"):

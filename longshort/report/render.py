@@ -70,7 +70,8 @@ def markdown(text: str) -> str:
 def _overview(run: RunData) -> str:
     parts = [f'<p class="path">Run folder: <code>{escape(str(run.path.resolve()))}</code></p>']
     if run.stages:
-        rows = "".join(f"<tr><td>{escape(stage)}</td><td>{_duration(seconds)}</td></tr>" for stage, seconds in run.stages)
+        rows = "".join(f"<tr><td>{escape(stage)}</td><td>{_duration(seconds)}</td></tr>"
+                       for stage, seconds in run.stages)
         total = sum(seconds or 0.0 for _, seconds in run.stages)
         parts.append(f'<table class="md stages"><thead><tr><th>stage</th><th>time</th></tr></thead><tbody>{rows}'
                      f'<tr class="total"><td>all stages</td><td>{_duration(total)}</td></tr></tbody></table>')
@@ -234,7 +235,8 @@ def render(run: RunData, **limits) -> str:
     """The whole page. ``limits``: ``max_per_group`` and ``max_bytes`` of the episode sample."""
     browser = _browser(run, **limits)
     sections = [("overview", "Overview"), ("curves", "Learning curves") if run.metrics else None,
-                ("evaluation", "Evaluation") if run.evaluations else None, ("episodes", "Episodes") if browser else None]
+                ("evaluation", "Evaluation") if run.evaluations else None,
+                ("episodes", "Episodes") if browser else None]
     nav = " ".join(f'<a href="#{anchor}">{title}</a>' for anchor, title in filter(None, sections))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>

@@ -92,23 +92,21 @@
   function showEpisode(e) {
     const verdict = e.class === "correct" ? "correct" : (e.outcome === "answered" ? "wrong" : "not graded");
     const facts = el("dl", { class: "facts" },
-      el("dt", {}, "outcome"), el("dd", {}, badge(e.class), " ", e.outcome),
+      el("dt", {}, "outcome"), el("dd", {}, badge(e.class)),
       el("dt", {}, "grader"), el("dd", { class: "grader" }, verdict + (e.verdict ? " (reason: " + e.verdict + ")" : "")),
       el("dt", {}, "gold answer"), el("dd", {}, String(e.gold ?? "")),
       el("dt", {}, "extracted"), el("dd", {}, e.extracted ?? "none"),
       ...(e.answer_role ? [el("dt", {}, "answered by"), el("dd", {}, e.answer_role)] : []),
       ...(e.error ? [el("dt", {}, "error"), el("dd", {}, e.error)] : []));
     const turns = e.turns.map((t, i) => el("div", { class: "turn", style: "border-color:" + roleColour(t.role) },
-      el("div", { class: "turn-head" },
+      el("div", { class: "turn-head" }, "turn " + (i + 1) + " ",
         el("span", { class: "role", style: "background:" + roleColour(t.role) }, t.role),
-        " turn " + (i + 1) + " · " + t.tokens + " tokens · finish: " + t.finish + " · format: ",
+        " · " + t.tokens + " tokens · finish: " + t.finish + " · format: ",
         el("span", { class: t.format_ok ? "ok" : "bad" }, t.format_ok ? "ok" : "failed (" + t.format + ")")),
       el("pre", {}, t.text)));
-    detail.replaceChildren(
-      el("h3", {}, "Episode " + e.id + ", sample " + e.sample),
-      e.prompt ? el("details", { open: "" }, el("summary", {}, "problem"), el("pre", { class: "prompt" }, e.prompt)) : null,
-      facts, el("h4", {}, "Reward terms"), rewardsTable(e),
-      el("h4", {}, "Turns (" + e.turns.length + ")"), ...turns);
+    const problem = e.prompt ? [el("details", { open: "" }, el("summary", {}, "problem"), el("pre", { class: "prompt" }, e.prompt))] : [];
+    detail.replaceChildren(el("h3", {}, "Episode " + e.id + ", sample " + e.sample), ...problem,
+      facts, el("h4", {}, "Reward terms"), rewardsTable(e), el("h4", {}, "Turns (" + e.turns.length + ")"), ...turns);
   }
 
   function render() {
