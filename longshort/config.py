@@ -12,6 +12,7 @@ string fields with a fixed set of values carry ``metadata["choices"]``.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -203,6 +204,25 @@ class BackendConfig:
 
 
 @dataclass
+class WandbConfig:
+    project: Optional[str] = _f(None, "Weights & Biases project: set it to log the RL metrics and episode samples there "
+                                "too (pip install 'longshort[wandb]'); None: W&B is off and never imported.")
+    mode: str = _f("online", "online: stream to the W&B server; offline: keep the run under <output_dir>/rl/wandb "
+                   "(upload it later with `wandb sync`).", ("online", "offline"))
+    entity: Optional[str] = _f(None, "W&B entity (user or team); None: the account's default.")
+    group: Optional[str] = _f(None, "W&B group of the run (e.g. one per sweep).")
+    name: Optional[str] = _f(None, "W&B run name; None: the config's name.")
+    tags: List[str] = _f([], "W&B tags of the run.")
+    episodes_per_step: int = _f(8, "Episodes per logged RL step in the W&B episode table (round-robin over outcomes).")
+
+
+@dataclass
+class LoggingConfig:
+    wandb: WandbConfig = _f(WandbConfig(), "Weights & Biases (optional): the metrics of metrics.jsonl/TensorBoard and "
+                            "a table of episode samples per step.")
+
+
+@dataclass
 class Config:
     name: str = _f("tiny", "Run name; the default output directory is runs/<name>.")
     output_dir: str = _f("runs/${name}", "Where the run writes config, data, checkpoints, logs and the summary.")
@@ -218,6 +238,7 @@ class Config:
     sft: SFTConfig = _f(SFTConfig(), "Cold-start supervised fine-tuning.")
     eval: EvalConfig = _f(EvalConfig(), "Benchmark evaluation.")
     backend: BackendConfig = _f(BackendConfig(), "Where training runs.")
+    logging: LoggingConfig = _f(LoggingConfig(), "Experiment trackers besides metrics.jsonl and TensorBoard.")
 
 
 STAGES = ("data", "sft", "rl", "eval")
@@ -398,6 +419,15 @@ def _check_consistency(config: Config) -> None:
     if config.rollout.group_size < 2 and config.trainer.algorithm in ("group_norm", "reinforce_baseline", "rloo"):
         raise ConfigError(f"rollout.group_size must be at least 2 for trainer.algorithm={config.trainer.algorithm} "
                           f"(advantages compare samples within a group), got {config.rollout.group_size}")
+    if (config.logging.wandb.project is not None and config.backend.name == "embedded" and "rl" in config.stages
+            and not module_available("wandb")):
+        raise ConfigError("logging.wandb.project is set but wandb is not installed: pip install 'longshort[wandb]' "
+                          "(or unset logging.wandb.project)")
+
+
+def module_available(name: str) -> bool:
+    """Whether ``name`` can be imported, without importing it (W&B's import takes seconds)."""
+    return importlib.util.find_spec(name) is not None
 
 
 

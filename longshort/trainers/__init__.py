@@ -2,7 +2,8 @@
 
 - ``policy``: one trainable agent (model, fp32 master weights, AdamW, schedule, reference);
 - ``schedule``: which agents learn at which step (joint / alternating) and which problems it draws;
-- ``metrics``: per-step metrics to ``metrics.jsonl``, TensorBoard and the console.
+- ``metrics``: per-step metrics to ``metrics.jsonl``, TensorBoard and the console;
+- ``tracking``: the optional Weights & Biases logger (and OpenRLHF's matching flags).
 
 The RL maths (advantage estimators, PPO-clip loss, KL estimators) is in ``longshort.algos``.
 ``GRPOTrainer`` is imported lazily so that ``import longshort.trainers.<launcher>`` stays light.

@@ -111,7 +111,8 @@ class GRPOTrainer:
         """Run (or resume) the RL steps; returns each trained agent's final HF model directory."""
         tc = self.config.trainer
         start = self.resume()
-        with MetricsLogger(self.out_dir, tc.steps, start_step=start, progress=self.progress) as logger:
+        with MetricsLogger(self.out_dir, tc.steps, start_step=start, progress=self.progress,
+                           config=self.config) as logger:
             for step in range(start, tc.steps):
                 metrics = self.step(step)
                 done = step + 1

@@ -1,4 +1,5 @@
-"""What an RL step reports, and where it goes: ``metrics.jsonl``, TensorBoard and a progress bar.
+"""What an RL step reports, and where it goes: ``metrics.jsonl``, TensorBoard, a progress bar, and
+Weights & Biases when ``logging.wandb.project`` is set (``longshort.trainers.tracking``).
 
 Metric names are flat ``group/agent/name`` strings so the JSONL, TensorBoard and any plotting script
 share one vocabulary:
@@ -22,6 +23,7 @@ from typing import Mapping, Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from longshort.config import Config
 from longshort.episode import Episode
 
 
@@ -50,14 +52,21 @@ class MetricsLogger:
     """Appends one JSON line per logged step, mirrors it to TensorBoard, and drives a progress bar.
 
     On resume, lines and TensorBoard events after the restored step are dropped, so a run killed
-    between a log write and a checkpoint does not end up with a step logged twice.
+    between a log write and a checkpoint does not end up with a step logged twice. With ``config``
+    asking for W&B, each written line also goes there, with a table of the step's episodes (read
+    back from ``episodes/step_XXXX.jsonl``, when the trainer saved them).
     """
 
-    def __init__(self, out_dir: Path, total_steps: int, *, start_step: int = 0, progress: bool = True):
+    def __init__(self, out_dir: Path, total_steps: int, *, start_step: int = 0, progress: bool = True,
+                 config: Config | None = None):
         from torch.utils.tensorboard import SummaryWriter  # pulls in tensorboard: only when training
 
+        from longshort.trainers import tracking
+
+        self.out_dir = out_dir
         self.path = out_dir / "metrics.jsonl"
         self._truncate_after(start_step)
+        self.tracker = tracking.WandbTracker(config, out_dir) if config and tracking.enabled(config) else None
         self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step + 1)
         self.progress = Progress(TextColumn("[bold]RL[/bold] step"), MofNCompleteColumn(), BarColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[summary]}"),
@@ -71,6 +80,8 @@ class MetricsLogger:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
         self.writer.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():
@@ -88,6 +99,8 @@ class MetricsLogger:
                 if isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, step)
             self.writer.flush()
+            if self.tracker is not None:
+                self.tracker.log(step, metrics, self.out_dir / "episodes" / f"step_{step:04d}.jsonl")
         self.progress.update(self.task, completed=step, summary=_summary(metrics))
 
 

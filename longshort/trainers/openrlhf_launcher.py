@@ -47,6 +47,7 @@ from typing import Any, Callable, Sequence
 from omegaconf import OmegaConf
 
 from longshort.config import Config, ConfigError, load_config, to_yaml
+from longshort.trainers import tracking
 from longshort.trainers.partner import PartnerSpec
 
 OPENRLHF_VERSION = "0.11.2"  # the version whose flags these commands use (tests parse them with it)
@@ -295,14 +296,15 @@ def sft_commands(config: Config) -> list[Command]:
             ("ckpt.save_steps", sft.save_every),
             ("ckpt.load_enable", True),
             ("logger.tensorboard_dir", folder / "tensorboard"),
+            *tracking.openrlhf_flags(config, f"{config.name}-sft-{role}"),
             ("train.seed", config.seed),
         ])
         # The examples are already the exact text the agent sees; an empty template keeps OpenRLHF
         # from wrapping them in its default "User: {}\nAssistant: ".
         flags += ("--data.input_template", "")
         module = "openrlhf.cli.train_sft"
-        argv, env = _launch(config, ["deepspeed", "--num_gpus", str(gpus), "--module", module, *flags], {},
-                            entrypoint_gpus=gpus)
+        argv, env = _launch(config, ["deepspeed", "--num_gpus", str(gpus), "--module", module, *flags],
+                            tracking.openrlhf_env(config), entrypoint_gpus=gpus)
         commands.append(Command("sft", f"cold-start SFT of the {role} agent", argv, env,
                                 str(folder / "DONE"), module, flags))
     return commands
@@ -388,11 +390,12 @@ def rl_commands(config: Config) -> list[Command]:
             ("ckpt.load_enable", True),
             ("logger.logging_steps", trainer.log_every),
             ("logger.tensorboard_dir", phase.dir / "tensorboard"),
+            *tracking.openrlhf_flags(config, f"{config.name}-phase{phase.index}-{phase.role}"),
             ("train.seed", config.seed),
         ])
         bridge = BridgeConfig(phase.role, container, partner_specs(config, phase))
         module = "openrlhf.cli.train_ppo_ray"
-        argv, env_pairs = _launch(config, [_python(config), "-m", module, *flags], {BRIDGE_ENV: bridge.to_json()})
+        argv, env_pairs = _launch(config, [_python(config), "-m", module, *flags], {BRIDGE_ENV: bridge.to_json(), **tracking.openrlhf_env(config)})
         partners = ", ".join(f"{role} frozen at {path}" for role, path in phase.partners.items())
         commands.append(Command("rl", f"phase {phase.index}: GRPO of the {phase.role} agent for {phase.steps} steps "
                                 f"from {phase.init} ({partners})", argv, env_pairs,
