@@ -1,4 +1,5 @@
-"""Packaging: the light import path stays light, and a plain (non-editable) install ships the recipes."""
+"""Packaging: the light import path stays light, and a plain (non-editable) install ships the recipes
+and the run report's script and style."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("openrlhf", "ray", "vllm", "deepspeed", "datasets")
+HEAVY = ("openrlhf", "ray", "vllm", "deepspeed", "datasets", "wandb")
 
 
 def test_core_imports_do_not_pull_scale_out_packages():
@@ -22,6 +23,7 @@ def test_plain_install_resolves_recipes_outside_the_repository(tmp_path: Path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(ROOT)], check=True, capture_output=True, timeout=300)
     code = ("import longshort.config as c; cfg = c.load_config('qwen7b'); "
+            "from longshort.report.render import _asset; assert 'report-data' in _asset('report.js'); "
             "print(c.recipe_dir()); print(cfg.agents['long'].model.name_or_path)")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, check=True)
