@@ -180,7 +180,8 @@ def _evaluation(ev: Evaluation, open_: bool) -> str:
     seconds, tokens = ev.results.get("generation_seconds") or 0, ev.results.get("generated_tokens") or 0
     if seconds and tokens:
         body += f"<p>Generated {tokens:,} tokens in {seconds:.1f} s ({tokens / seconds:,.0f} tokens/s).</p>"
-    title = f"{escape(ev.label)}: {escape(str(ev.results.get('system', '')))}"
+    system = str(ev.results.get("system", ""))
+    title = escape(ev.label if system in ("", ev.path.name) else f"{ev.label}: {system}")
     return f'<details class="evaluation"{" open" if open_ else ""}><summary>{title}</summary>{body}</details>'
 
 
