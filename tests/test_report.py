@@ -131,7 +131,7 @@ def hand_built_run(root: Path, steps: int = 3, kinds=("correct", "wrong", "forma
 
 def embedded_data(html: str) -> dict:
     return json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', html,
-                                re.S).group(1).replace("<\\/", "</"))
+                                re.S).group(1))
 
 
 # ------------------------------------------------------------------------------------ what it reads
@@ -182,6 +182,18 @@ def test_evaluation_folder_report_has_its_table_plot_and_records(eval_run):
     q1 = next(e for e in group["episodes"] if e["id"] == "q1")
     assert [t["role"] for t in q1["turns"]] == ["long", "short"]
     assert (q1["verdict"], q1["extracted"], q1["gold"], q1["class"]) == ("wrong", "3", "2", "wrong")
+
+
+def test_transcript_text_cannot_break_out_of_the_page(tmp_path):
+    root = hand_built_run(tmp_path / "run", steps=1)
+    file = root / "rl" / "episodes" / "step_0001.jsonl"
+    episodes = [json.loads(line) for line in file.read_text().splitlines()]
+    hostile = "</script><script>document.title='x'</script><!-- <b>bold</b> \u2028"
+    episodes[0]["turns"][0]["text"] = hostile
+    file.write_text("".join(json.dumps(e) + "\n" for e in episodes))
+    html = write_report(root).read_text()
+    assert html.count("</script>") == 2  # the data element and the browser's script, nothing injected
+    assert embedded_data(html)["groups"][0]["episodes"][0]["turns"][0]["text"] == hostile
 
 
 def test_an_openrlhf_style_run_without_episodes_still_reports(tmp_path):

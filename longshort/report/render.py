@@ -213,7 +213,7 @@ def browser_data(run: RunData, *, max_per_group: int = MAX_PER_GROUP, max_bytes:
 
 def _json_script(data: dict) -> str:
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return text.replace("</", "<\\/").replace("<!--", "<\\!--")  # cannot close the script element early
+    return text.replace("<", "\\u003c")  # a transcript's "</script>" or "<!--" cannot end the element early
 
 
 def _browser(run: RunData, **limits) -> str:
