@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +20,7 @@ from typing import Any
 
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-extensions", "--mute-audio", "--hide-scrollbars")
+         "--disable-extensions", "--disable-dev-shm-usage", "--mute-audio", "--hide-scrollbars")
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -62,10 +63,14 @@ class Chromium:
         os.close(from_child_w)
         self._buffer = b""
         self._next_id = 0
-        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self._session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=True)
+        try:
+            target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+            self._session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            self.send("Emulation.setDeviceMetricsOverride",
+                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=True)
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self) -> "Chromium":
         return self
@@ -94,7 +99,10 @@ class Chromium:
         message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
         if session:
             message["sessionId"] = self._session
-        os.write(self._to_child, json.dumps(message).encode() + b"\0")
+        try:
+            os.write(self._to_child, json.dumps(message).encode() + b"\0")
+        except BrokenPipeError:
+            raise BrowserError(f"chromium exited (status {self._process.poll()}); try it by hand with --headless") from None
         deadline = time.monotonic() + self.timeout
         while True:
             reply = self._read(deadline)
@@ -105,8 +113,11 @@ class Chromium:
 
     def _read(self, deadline: float) -> dict:
         while b"\0" not in self._buffer:
-            if time.monotonic() > deadline or self._process.poll() is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._process.poll() is not None:
                 raise BrowserError("chromium stopped answering (did it start? try it by hand with --headless)")
+            if not select.select([self._from_child], [], [], min(left, 1.0))[0]:
+                continue
             chunk = os.read(self._from_child, 1 << 16)
             if not chunk:
                 raise BrowserError("chromium closed its DevTools pipe")
