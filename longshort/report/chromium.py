@@ -102,7 +102,8 @@ class Chromium:
         try:
             os.write(self._to_child, json.dumps(message).encode() + b"\0")
         except BrokenPipeError:
-            raise BrowserError(f"chromium exited (status {self._process.poll()}); try it by hand with --headless") from None
+            status = self._process.poll()
+            raise BrowserError(f"chromium exited (status {status}); try it by hand with --headless") from None
         deadline = time.monotonic() + self.timeout
         while True:
             reply = self._read(deadline)
