@@ -22,6 +22,7 @@ from longshort.data import Problem
 from longshort.models import tiny_model, tiny_tokenizer
 from longshort.report import REPORT_NAME, load_run, write_report
 from longshort.report.__main__ import main as report_main
+from longshort.report.charts import _runs
 from longshort.report.chromium import Chromium, find_chromium
 from longshort.report.episodes import (
     TURN_CHARS, Group, outcome_class, round_robin, sample_groups, view_of_episode,
@@ -170,6 +171,12 @@ def test_curves_follow_the_metrics_per_agent(tmp_path):
     assert by_title["KL to the reference"].empty and "kl_coef" in by_title["KL to the reference"].note
     outcomes = {s.label: s.points[0][1] for s in by_title["How episodes ended"].series}
     assert outcomes == {"correct": 0.25, "format:short": 0.25, "turn_cap": 0.25, "wrong": 0.25}
+
+
+def test_a_curve_breaks_where_its_agent_was_not_trained():
+    points = [(1, 0.1), (3, 0.3), (4, 0.4)]
+    assert _runs(points, [1, 2, 3, 4]) == [[(1, 0.1)], [(3, 0.3), (4, 0.4)]]
+    assert _runs(points, [1, 3, 4]) == [points]  # log_every=2: logged steps are neighbours
 
 
 def test_evaluation_folder_report_has_its_table_plot_and_records(eval_run):

@@ -93,8 +93,9 @@ def svg(chart: Chart) -> str:
              f'role="img" aria-label="{escape(chart.title)}">']
     band = plot_w / max(1.0, x1 - x0)
     for x in chart.shaded:
-        parts.append(f'<rect class="trained" x="{px(x) - band / 2:.1f}" y="{TOP}" width="{band:.1f}" '
-                     f'height="{plot_h}"><title>trained at step {x}</title></rect>')
+        left, right = max(LEFT, px(x) - band / 2), min(WIDTH - RIGHT, px(x) + band / 2)
+        parts.append(f'<rect class="trained" x="{left:.1f}" y="{TOP}" width="{right - left:.1f}" '
+                     f'height="{plot_h}"><title>trained at step {x:g}</title></rect>')
     for tick in yticks:
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{py(tick):.1f}" y2="{py(tick):.1f}"/>'
                      f'<text class="tick" x="{LEFT - 4}" y="{py(tick) + 3:.1f}" text-anchor="end">'
@@ -104,17 +105,30 @@ def svg(chart: Chart) -> str:
             parts.append(f'<text class="tick" x="{px(tick):.1f}" y="{HEIGHT - BOTTOM + 13}" text-anchor="middle">'
                          f'{tick:.0f}</text>')
     parts.append(f'<text class="tick" x="{LEFT + plot_w / 2:.1f}" y="{HEIGHT - 2}" text-anchor="middle">RL step</text>')
+    steps = sorted(set(xs))
     for series in chart.series:
-        if not series.points:
-            continue
-        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in series.points)
         dash = ' stroke-dasharray="4 3"' if series.dashed else ""
-        parts.append(f'<polyline fill="none" stroke="{series.colour}" stroke-width="1.6"{dash} points="{coords}"/>')
+        for run in _runs(series.points, steps):
+            coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in run)
+            parts.append(f'<polyline fill="none" stroke="{series.colour}" stroke-width="1.6"{dash} points="{coords}"/>')
         for x, y in series.points:
             parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.4" fill="{series.colour}">'
                          f'<title>{escape(series.label)}, step {x:g}: {_exact(y, chart.percent)}</title></circle>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _runs(points: list[tuple[float, float]], steps: list[float]) -> list[list[tuple[float, float]]]:
+    """The points cut where the series skips a step the chart has (an agent not trained then): a line
+    joins only neighbouring steps, so a gap shows as a gap."""
+    position = {x: i for i, x in enumerate(steps)}
+    runs: list[list[tuple[float, float]]] = []
+    for point in points:
+        if runs and position[point[0]] == position[runs[-1][-1][0]] + 1:
+            runs[-1].append(point)
+        else:
+            runs.append([point])
+    return runs
 
 
 def _exact(value: float, percent: bool) -> str:
