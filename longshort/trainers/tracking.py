@@ -8,7 +8,9 @@ outcomes (``longshort.report.episodes.round_robin``), each with its transcript t
 stops before its first step with a one-line error.
 
 The W&B run id is kept in ``<out_dir>/wandb_run_id``, so a resumed training run continues the
-same W&B run (``resume="allow"``). For the OpenRLHF backend, ``openrlhf_flags`` renders OpenRLHF's
+same W&B run (``resume="allow"``). W&B accepts only increasing steps: a step that was logged, then
+lost to a kill before its checkpoint and logged again after the resume, keeps its first values there
+(``metrics.jsonl`` and TensorBoard drop the lost line and keep the new one). For the OpenRLHF backend, ``openrlhf_flags`` renders OpenRLHF's
 own ``--logger.wandb.*`` flags and ``openrlhf_env`` the environment that selects the mode.
 """
 from __future__ import annotations
