@@ -28,7 +28,13 @@
   function badge(c) { return el("span", { class: "badge " + c.replace(":", "-") }, outcomeLabel(c)); }
   function episodeKey(e) { return e.id + "~" + e.sample; }
   function roleColour(role) { return data.roles[role] || "#555"; }
-  function fmt(v) { return typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toFixed(3)) : String(v); }
+  function fmt(v) { return typeof v === "number" ? String(Number(v.toFixed(3))) : String(v); }
+  function perRole(roles, values) {  // "36 / 12", each number in its agent's colour
+    const cell = el("td", { class: "per-role" });
+    roles.forEach((r, i) => cell.append(...(i ? [" / "] : []), el("span", { style: "color:" + roleColour(r) },
+      r in values ? fmt(values[r]) : "-")));
+    return cell;
+  }
 
   function readHash() {
     const params = new URLSearchParams(location.hash.slice(1));
@@ -63,15 +69,16 @@
     count.textContent = "showing " + shown.length + " of " + all + (shown.length < all ? " (sampled)" : "");
     const roles = Object.keys(data.roles);
     const rewarded = group.kind === "rl";
+    const names = el("span", {}, ...roles.flatMap((r, i) => [...(i ? [" / "] : []),
+      el("span", { style: "color:" + roleColour(r) }, r)]));
     const head = el("tr", {}, el("th", {}, "problem"), el("th", {}, "outcome"), el("th", {}, "turns"),
-      ...roles.map((r) => el("th", { style: "color:" + roleColour(r) }, "tokens " + r)),
-      ...(rewarded ? roles.map((r) => el("th", { style: "color:" + roleColour(r) }, "reward " + r)) : []));
+      el("th", {}, "tokens ", names.cloneNode(true)), ...(rewarded ? [el("th", {}, "reward ", names)] : []));
     const rows = shown.map((e) => {
       const row = el("tr", { class: "episode" + (episodeKey(e) === state.episode ? " open" : ""), "data-key": episodeKey(e),
         onclick: () => { state.episode = episodeKey(e); writeHash(); render(); } },
-        el("td", {}, e.id + (e.sample ? " #" + e.sample : "")), el("td", {}, badge(e.class)), el("td", {}, String(e.turns.length)),
-        ...roles.map((r) => el("td", {}, String(e.tokens[r] || 0))),
-        ...(rewarded ? roles.map((r) => el("td", {}, r in e.totals ? fmt(e.totals[r]) : "")) : []));
+        el("td", {}, e.id + (e.sample ? " #" + e.sample : "")), el("td", {}, badge(e.class)),
+        el("td", {}, String(e.turns.length)), perRole(roles, Object.fromEntries(roles.map((r) => [r, e.tokens[r] || 0]))),
+        ...(rewarded ? [perRole(roles, e.totals)] : []));
       return row;
     });
     list.replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
