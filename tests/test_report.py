@@ -203,6 +203,16 @@ def test_transcript_text_cannot_break_out_of_the_page(tmp_path):
     assert embedded_data(html)["groups"][0]["episodes"][0]["turns"][0]["text"] == hostile
 
 
+def test_an_interrupted_evaluation_shows_the_episodes_it_finished(eval_run):
+    for name in ("results.json", "table.md", "plot.png"):
+        (eval_run / name).unlink()
+    records = eval_run / "records" / "toy.jsonl"
+    records.write_text("".join(records.read_text().splitlines(keepends=True)[:3]))
+    html = write_report(eval_run).read_text()
+    group, = embedded_data(html)["groups"]
+    assert group["key"] == "evaluation/toy" and group["total"] == 3 and "No results.json yet" in html
+
+
 def test_an_openrlhf_style_run_without_episodes_still_reports(tmp_path):
     root = hand_built_run(tmp_path / "run")
     for file in (root / "rl" / "episodes").iterdir():

@@ -112,21 +112,29 @@ def step_statistics(episodes: list[dict]) -> dict:
             "outcomes": outcomes}
 
 
+def _is_evaluation(folder: Path) -> bool:
+    """An evaluation's output folder: its ``results.json``, or records of one still running."""
+    return (folder / "results.json").is_file() or any((folder / "records").glob("*.jsonl"))
+
+
 def _evaluations(path: Path) -> list[Evaluation]:
     """``path`` itself if it is an evaluation folder, else the evaluation folders up to two levels below."""
-    folders = [path] if (path / "results.json").is_file() else sorted(
-        {p.parent for p in [*path.glob("*/results.json"), *path.glob("*/*/results.json")]},
+    folders = [path] if _is_evaluation(path) else sorted(
+        (p for p in [*path.glob("*"), *path.glob("*/*")] if p.is_dir() and _is_evaluation(p)),
         key=lambda p: _checkpoint_order(p.relative_to(path)))
     evaluations = []
     prompts = _prompts(path) if folders else {}
     for folder in folders:
         try:
-            results = json.loads((folder / "results.json").read_text())
+            done = (folder / "results.json").is_file()
+            results = json.loads((folder / "results.json").read_text()) if done else {}
         except json.JSONDecodeError:
-            continue
+            results = {}
         label = "evaluation" if folder == path else folder.relative_to(path).as_posix()
         groups = []
-        for name in results.get("sets", {}):
+        names = list(results.get("sets", {}))  # the table's order, then sets still being evaluated
+        names += [f.stem for f in sorted((folder / "records").glob("*.jsonl")) if f.stem not in names]
+        for name in names:
             records = folder / "records" / f"{name}.jsonl"
             if records.is_file():
                 episodes = [view_of_record(r, prompts.get(r.get("id"))) for r in read_jsonl(records)]

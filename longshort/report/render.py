@@ -175,6 +175,9 @@ def _png(path) -> str:
 
 def _evaluation(ev: Evaluation, open_: bool) -> str:
     body = markdown(ev.table_md) if ev.table_md else ""
+    if not ev.results:
+        body += ('<p class="hint">No results.json yet (the evaluation is running or was interrupted): its '
+                 'finished episodes are in the episode browser.</p>')
     if ev.plot_png is not None:
         body += f'<img class="plot" alt="accuracy against tokens: {escape(ev.label)}" src="{_png(ev.plot_png)}">'
     seconds, tokens = ev.results.get("generation_seconds") or 0, ev.results.get("generated_tokens") or 0
