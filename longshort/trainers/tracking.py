@@ -85,7 +85,9 @@ class WandbTracker:
 
 def openrlhf_flags(config: Config, run_name: str) -> list[tuple[str, Any]]:
     """OpenRLHF's ``--logger.wandb.*`` flags (``openrlhf/cli/train_ppo_ray.py``, ``train_sft.py``), as
-    (dotted name, value) pairs for the launcher's flag rendering; none when W&B is off.
+    (dotted name, value) pairs for the launcher's flag rendering; none when W&B is off. Each SFT run
+    and RL phase is its own OpenRLHF process and so its own W&B run (``run_name``), grouped under
+    ``logging.wandb.group`` or, by default, the config's name.
 
     OpenRLHF turns W&B on only when ``--logger.wandb.key`` is non-empty and logs in with it unless
     the environment already holds a key. The launcher never puts a secret on a command line (plans
