@@ -121,7 +121,9 @@
     const open = shown.find((e) => episodeKey(e) === state.episode)
       || groups.get(state.group).episodes.find((e) => episodeKey(e) === state.episode);
     if (open) showEpisode(open);
-    else detail.replaceChildren(el("p", { class: "hint" }, "Open an episode from the list."));
+    else detail.replaceChildren(el("p", { class: "hint" }, state.episode
+      ? "Episode " + state.episode.replace("~", ", sample ") + " is not among the episodes this page embeds (see the rule above)."
+      : "Open an episode from the list."));
   }
 
   fillGroups();
