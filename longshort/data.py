@@ -376,11 +376,23 @@ for _split in ("test", "train"):
 
 
 def load_benchmark(name: str, *, data_dir: str | Path | None = None, limit: int | None = None) -> list[Problem]:
-    """A registered benchmark: from ``data_dir`` (else ``$LONGSHORT_DATA_DIR``) if set, else from the Hub."""
+    """A registered benchmark, from the first place that has it:
+
+    1. ``data_dir`` (else ``$LONGSHORT_DATA_DIR``), when set and holding the set's file;
+    2. the package's own copy (``longshort/eval_data``: MATH500, AIME24/25, AMC23, GSM8K test), so
+       evaluation works offline after ``pip install``;
+    3. a data dir that was set but lacks the file is an error naming the path (GPQA is never packaged);
+    4. otherwise the Hugging Face Hub.
+    """
     spec: BenchmarkSpec = BENCHMARKS.get(name)
     root = Path(data_dir) if data_dir is not None else paths.data_dir()
-    if root is not None:
+    if root is not None and (root / spec.local_file).is_file():
         return spec.load_local(root, limit=limit)
+    packaged = paths.packaged_data_dir()
+    if (packaged / spec.local_file).is_file():
+        return spec.load_local(packaged, limit=limit)
+    if root is not None:
+        return spec.load_local(root, limit=limit)  # raises: says where the file should be
     try:
         return spec.load_from_hub(limit=limit)
     except (DataError, ImportError):

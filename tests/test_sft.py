@@ -63,7 +63,7 @@ def test_coldstart_is_deterministic_per_seed_and_problem():
     assert build_transcripts(problems, seed=1, handback_prob=0.0)[0]["plan"] == "direct"
 
 
-def test_coldstart_from_gsm8k_steps(shared_data):
+def test_coldstart_from_gsm8k_steps():
     records = build_transcripts(load_problems("gsm8k", limit=60), seed=0)
     assert len(records) >= 55  # items whose steps hold a protocol tag would be skipped, none expected
     for record in records:
