@@ -20,7 +20,8 @@ from longshort.data import Problem
 from longshort.models import load_model, tiny_model
 from longshort.rewards import register_reward
 from longshort.trainers import GRPOTrainer
-from longshort.trainers.policy import cosine_with_warmup
+from longshort.trainers.grpo import ResumeMismatch
+from longshort.lr_schedule import cosine_with_warmup
 from longshort.trainers.schedule import ProblemStream, Schedule
 
 PROBLEMS = [Problem(f"p{i}", f"Say {i}.", "0") for i in range(6)]
@@ -164,8 +165,11 @@ def test_alternating_schedule_trains_one_agent_per_phase_starting_with_first_age
         assert changed(trainer.policies[expected].model, before[expected])
         other = "a" if expected == "b" else "b"
         assert not changed(trainer.policies[other].model, before[other])
-    # each policy's cosine schedule spans only the steps in which it trains (b: 4 of 6, a: 2 of 6)
-    assert trainer.policies["a"].scheduler.lr_lambdas[0](1) > 0
+    # each policy's cosine schedule spans only the steps in which it trains (b: 4 of 6, a: 2 of 6):
+    # cosine from 1 to 0 over 2 (a) and 4 (b) updates, no warm-up here; sized to 6 it would be 1, 0.93, ...
+    factors = {role: [p.scheduler.lr_lambdas[0](s) for s in range(6)] for role, p in trainer.policies.items()}
+    assert factors["a"][:2] == pytest.approx([1.0, 0.5]) and factors["a"][2] == 0.0
+    assert factors["b"][:4] == pytest.approx([1.0, 0.853553, 0.5, 0.146447], abs=1e-6) and factors["b"][4] == 0.0
     assert Schedule("alternating", ("a", "b"), "b", 2).updates_of("b", 6) == 4
 
 
@@ -309,3 +313,32 @@ def test_a_finished_run_started_again_does_nothing(tmp_path):
     again = trainer_for(config, tmp_path)
     assert again.train() == first
     assert len(read_metrics(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"trainer.lr": 1e-3}, r"trainer\.lr \(0\.003 -> 0\.001\)"),
+    ({"trainer.steps": 4}, r"trainer\.steps \(3 -> 4\)"),
+    ({"seed": 8}, r"seed \(7 -> 8\)"),
+])
+def test_resume_refuses_a_changed_training_config(tmp_path, change, message):
+    config = make_config(steps=3, save_every=1)
+    killed = trainer_for(config, tmp_path)
+    real_step = killed.step
+
+    def dies_in_step_two(step):
+        if step == 1:
+            raise KeyboardInterrupt
+        return real_step(step)
+
+    killed.step = dies_in_step_two
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()  # step 1 checkpointed, then killed
+    changed_config = make_config(steps=3, save_every=1)
+    for key, value in change.items():
+        section, _, name = key.rpartition(".")
+        setattr(getattr(changed_config, section) if section else changed_config, name, value)
+    with pytest.raises(ResumeMismatch, match=message) as err:
+        trainer_for(changed_config, tmp_path).train()
+    assert "\n" not in str(err.value) and "start a new run" in str(err.value)
+    allowed = make_config(steps=3, save_every=2, log_every=3)  # logging and checkpoint cadence may change
+    assert trainer_for(allowed, tmp_path).resume() == 1
