@@ -7,6 +7,7 @@ a random model, and learnable in a few steps.
 """
 from __future__ import annotations
 
+import copy
 import json
 from statistics import fmean
 
@@ -15,6 +16,7 @@ import torch
 
 from agents import Agent, FormatResult, register_agent
 from envs import Env, register_env
+from longshort.algos import compute_advantages
 from longshort.config import AgentConfig, Config, EnvConfig, RewardsConfig, RolloutConfig, SamplingConfig, TrainerConfig
 from longshort.data import Problem
 from longshort.models import load_model, tiny_model
@@ -342,3 +344,38 @@ def test_resume_refuses_a_changed_training_config(tmp_path, change, message):
     assert "\n" not in str(err.value) and "start a new run" in str(err.value)
     allowed = make_config(steps=3, save_every=2, log_every=3)  # logging and checkpoint cadence may change
     assert trainer_for(allowed, tmp_path).resume() == 1
+
+
+def test_skipping_zero_advantage_samples_leaves_the_gradient_unchanged(tmp_path):
+    """Without a KL term the update runs only samples with a non-zero advantage; run with every sample
+    (a reference model present, kl_coef 0: its term has zero gradient), the gradient must be the same."""
+    trainer = trainer_for(make_config(steps=1, micro_batch_size=3), tmp_path)
+    policy = trainer.policies["solo"]
+    samples = trainer.samples(trainer.runner.run(PROBLEMS[:3], 4), "solo")
+    for i, sample in enumerate(samples):
+        sample.advantage = 0.0 if i % 3 else (1.0 if i % 2 else -0.5)  # 8 of 12 carry no signal
+    grads = []
+    policy.step = lambda: grads.append([p.grad.clone() for p in policy.master]) or 0.0
+    skipped = trainer.update(policy, samples)
+    policy.reference = copy.deepcopy(policy.model)
+    every = trainer.update(policy, samples)
+    assert (skipped["trained_samples"], every["trained_samples"]) == (4, 12)
+    assert skipped["tokens"] == every["tokens"]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in grads[0])
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "reinforce_baseline"])
+def test_other_advantage_estimators_train_through_the_trainer(tmp_path, algorithm):
+    trainer = trainer_for(make_config(steps=1, algorithm=algorithm), tmp_path)
+    policy = trainer.policies["solo"]
+    groups = trainer.runner.run(PROBLEMS[:3], 4)
+    rewards = torch.tensor([[episode.totals["solo"] for episode in group] for group in groups])
+    expected = compute_advantages(algorithm, rewards).flatten().tolist()
+    samples = trainer.samples(groups, "solo")
+    assert [s.advantage for s in samples] == pytest.approx(expected)
+    before = snapshot(policy.model)
+    stats = trainer.update(policy, samples)
+    assert stats["trained_samples"] > 0 and stats["grad_norm"] > 0
+    assert changed(policy.model, before)
