@@ -22,10 +22,11 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from longshort.errors import UserError
 from longshort.registry import did_you_mean
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A recipe or override that cannot be applied; the message is one line and says how to fix it."""
 
 
@@ -285,6 +286,7 @@ def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from None
     _check_choices(config)
+    _check_ranges(config)
     _check_consistency(config)
     return config
 
@@ -377,6 +379,65 @@ def _check_choices(config: Config) -> None:
             walk(value, f"{prefix}{f.name}.")
 
     walk(config, "")
+
+
+# Values that cannot work, by (section class, field): (lowest, highest, lowest excluded). None: no bound.
+# Checked at load time so that e.g. env.max_turns=0 fails in one line instead of deep inside a run.
+_AT_LEAST_1 = (1, None, False)
+_POSITIVE = (0, None, True)
+_NON_NEGATIVE = (0, None, False)
+_RATIO = (0, 1, False)
+_RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
+    **{("SamplingConfig", f): r for f, r in (("temperature", _NON_NEGATIVE), ("top_p", (0, 1, True)),
+                                              ("top_k", _NON_NEGATIVE), ("max_new_tokens", _AT_LEAST_1))},
+    ("EnvConfig", "max_turns"): _AT_LEAST_1, ("EnvConfig", "max_total_tokens"): _AT_LEAST_1,
+    **{("DataSourceConfig", f): _AT_LEAST_1 for f in ("limit", "min_steps", "max_steps")},
+    **{("RolloutConfig", f): _AT_LEAST_1 for f in ("group_size", "problems_per_step", "max_batch_size")},
+    ("VerifyConfig", "timeout"): _POSITIVE,
+    **{("TrainerConfig", f): _AT_LEAST_1 for f in ("phase_steps", "steps", "updates_per_batch", "micro_batch_size",
+                                                    "save_every", "log_every")},
+    **{("TrainerConfig", f): _POSITIVE for f in ("lr", "clip_eps", "grad_clip")},
+    ("TrainerConfig", "warmup_ratio"): _RATIO, ("TrainerConfig", "kl_coef"): _NON_NEGATIVE,
+    **{("SFTConfig", f): _AT_LEAST_1 for f in ("examples", "epochs", "batch_size", "grad_accum", "max_length",
+                                                "save_every")},
+    ("SFTConfig", "lr"): _POSITIVE, ("SFTConfig", "warmup_ratio"): _RATIO, ("SFTConfig", "skip_kappa"): _RATIO,
+    **{("EvalConfig", f): _AT_LEAST_1 for f in ("samples", "limit", "max_new_tokens", "max_turns")},
+    ("EvalConfig", "temperature"): _NON_NEGATIVE,
+    **{("BackendConfig", f): _AT_LEAST_1 for f in ("num_nodes", "gpus_per_node", "vllm_num_engines",
+                                                    "vllm_tensor_parallel_size")},
+    ("BackendConfig", "partner_gpus"): _NON_NEGATIVE, ("BackendConfig", "zero_stage"): (0, 3, False),
+    ("BackendConfig", "vllm_gpu_memory_utilization"): (0, 1, True),
+}
+
+
+def _check_ranges(config: Config) -> None:
+    """Numbers that cannot work (a turn cap of 0, a negative limit) fail at load, naming the key."""
+    def walk(obj: Any, prefix: str) -> None:
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                walk(value, f"{prefix}{key}.")
+            return
+        if not dataclasses.is_dataclass(obj):
+            return
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            bounds = _RANGES.get((type(obj).__name__, f.name))
+            if bounds is not None and value is not None:
+                low, high, open_low = bounds
+                if (low is not None and (value <= low if open_low else value < low)) or \
+                        (high is not None and value > high):
+                    rule = (f"> {low}" if open_low else f">= {low}") if high is None else \
+                        (f"in ({low}, {high}]" if open_low else f"in [{low}, {high}]")
+                    none = " (or null for no limit)" if f.name in ("limit", "examples") else ""
+                    raise ConfigError(f"invalid value {value!r} for '{prefix}{f.name}': it must be {rule}{none}")
+            walk(value, f"{prefix}{f.name}.")
+
+    walk(config, "")
+    for split in ("train", "eval"):
+        source = getattr(config.data, split)
+        if source.min_steps > source.max_steps:
+            raise ConfigError(f"data.{split}.min_steps ({source.min_steps}) is larger than data.{split}.max_steps "
+                              f"({source.max_steps}): make min_steps <= max_steps")
 
 
 def _check_consistency(config: Config) -> None:

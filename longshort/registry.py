@@ -14,10 +14,12 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
+from longshort.errors import UserError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(UserError, KeyError):
     """A registry lookup for a name nobody registered."""
 
     def __str__(self) -> str:  # KeyError quotes its message; a user wants it plain.
