@@ -30,11 +30,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from longshort.registry import Registry
+from longshort.registry import ADVANTAGE_ESTIMATORS
 
 AdvantageEstimator = Callable[[Tensor, Tensor], Tensor]
-
-ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
 
 GROUP_NORM_EPS = 1e-4  # TRL 0.16 GRPO: (r - mean) / (std + 1e-4)
 BATCH_NORM_EPS = 1e-8  # OpenRLHF's whole-batch advantage normalisation

@@ -180,7 +180,8 @@ def long_short_coldstart(config: Config, problems: Sequence[Problem], out_dir: P
     roles = tuple(config.agents)
     if len(roles) != 2:
         raise ColdStartError(f"sft.coldstart=long_short needs two agents (long, short); the recipe has "
-                             f"{len(roles)} ({', '.join(roles)}): use sft.coldstart=entropy_skip for one agent")
+                             f"{len(roles)} ({', '.join(roles)}): use sft.coldstart=entropy_skip for one agent; "
+                             "for another team, drop sft from stages or register your own builder (@COLDSTART.register)")
     return write_coldstart(problems, out_dir, config.seed, roles=roles)
 
 

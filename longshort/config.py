@@ -102,8 +102,7 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = _f("hf", "Generation engine: hf (embedded), vllm, or remote (OpenAI-compatible).",
-                     ("hf", "vllm", "remote"))
+    engine: str = _f("hf", "Generation engine: hf (embedded), vllm, remote (OpenAI-compatible), or your own.")
     group_size: int = _f(4, "Samples per problem (G); advantages are normalised within each group.")
     problems_per_step: int = _f(8, "Problems per RL step; a step rolls out problems_per_step x group_size episodes.")
     max_batch_size: int = _f(32, "Most sequences the engine decodes at once.")
@@ -141,8 +140,8 @@ class RewardsConfig:
 
 @dataclass
 class TrainerConfig:
-    algorithm: str = _f("group_norm", "Advantage estimator: group_norm (GRPO), reinforce_baseline (REINFORCE++), rloo.",
-                        ("group_norm", "reinforce_baseline", "rloo"))
+    algorithm: str = _f("group_norm", "Advantage estimator: group_norm (GRPO), reinforce_baseline (REINFORCE++), rloo, "
+                        "or your own (@register_advantage).")
     schedule: str = _f("alternating", "joint: all trainable agents learn from the same episodes; "
                        "alternating: one trains while the others are frozen, then swap.", ("joint", "alternating"))
     first_agent: str = _f("short", "Alternating schedule: the agent trained in the first phase.")
@@ -206,6 +205,9 @@ class BackendConfig:
 @dataclass
 class Config:
     name: str = _f("tiny", "Run name; the default output directory is runs/<name>.")
+    imports: List[str] = _f([], "Your own modules (dotted names) or .py files (relative to the recipe) that register "
+                            "agents, envs, reward terms, estimators, cold-start builders or engines; imported before "
+                            "anything is built, in every process that loads the recipe (longshort.extensions).")
     output_dir: str = _f("runs/${name}", "Where the run writes config, data, checkpoints, logs and the summary.")
     seed: int = _f(42, "Seed of data generation, sampling and initialisation.")
     stages: List[str] = _f(["data", "sft", "rl", "eval"], "Pipeline stages to run, in order.")
@@ -250,21 +252,66 @@ def resolve_recipe(name_or_path: str) -> Path:
                       f"available: {', '.join(names)} (or pass a path to a .yaml file)")
 
 
+class _Replace(dict):
+    """A mapping tagged ``!replace`` in a recipe: it replaces the inherited mapping instead of merging."""
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    pass
+
+
+_RecipeLoader.add_constructor("!replace", lambda loader, node: _Replace(loader.construct_mapping(node, deep=True)))
+
+
+def _replace_marked(base: dict, data: dict) -> dict:
+    """``data`` with its ``!replace`` mappings made plain, after dropping what they replace from ``base``."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, _Replace):
+            base.pop(key, None)
+            value = dict(value)
+        if isinstance(value, dict):
+            value = _replace_marked(base.get(key) if isinstance(base.get(key), dict) else {}, value)
+        out[key] = value
+    return out
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """A recipe's mapping, with ``inherit: other_recipe`` merged underneath it."""
+    """A recipe's mapping, with ``inherit: other_recipe`` merged underneath it.
+
+    Mappings merge key by key, so a recipe that inherits keeps its parent's agents beside its own. To
+    define a mapping anew (a team whose env has other roles than the parent's), tag it ``!replace``:
+    ``agents: !replace {planner: ..., solver: ...}`` (also ``weights: !replace`` under ``rewards``).
+    ``imports:`` lists add up along the chain, and a relative ``.py`` entry is taken from the folder of
+    the recipe that names it.
+    """
     if path in seen:
         raise ConfigError(f"recipe inheritance loops: {' -> '.join(p.stem for p in (*seen, path))}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_RecipeLoader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"recipe {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping of config keys, got {type(data).__name__}")
+    if "imports" in data:
+        data["imports"] = _absolute_imports(data["imports"], path.parent, f"recipe {path}")
     parent = data.pop("inherit", None)
     if parent is None:
-        return data
+        return _replace_marked({}, data)
     base = _read_yaml(resolve_recipe(str(parent)), (*seen, path))
+    if "imports" in data:
+        data["imports"] = list(dict.fromkeys([*base.get("imports", []), *data["imports"]]))
+    data = _replace_marked(base, data)
     return OmegaConf.to_container(OmegaConf.merge(base, data))
+
+
+def _absolute_imports(entries: Any, folder: Path, where: str) -> list[str]:
+    """``imports:`` with relative ``.py`` paths made absolute from ``folder``; module names kept."""
+    from longshort.extensions import is_file_entry
+
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise ConfigError(f"'imports' must be a list of module names or .py paths [in {where}]")
+    return [str((folder / Path(e).expanduser()).resolve()) if is_file_entry(e) else e for e in entries]
 
 
 def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -285,9 +332,14 @@ def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from None
+    from longshort.extensions import check_names, import_extensions
+
+    config.imports = _absolute_imports(config.imports, Path.cwd(), "imports")  # from a command-line override
+    import_extensions(config.imports)  # before the names it registers are checked
     _check_choices(config)
     _check_ranges(config)
     _check_consistency(config)
+    check_names(config)
     return config
 
 

@@ -87,3 +87,7 @@ REWARDS: Registry = Registry("reward term")
 ENGINES: Registry = Registry("engine")
 BENCHMARKS: Registry = Registry("benchmark")
 COLDSTART: Registry = Registry("cold-start builder")
+# Filled by longshort.algos (which needs torch); the built-in names are listed here so that a config can
+# be checked without importing it.
+ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator")
+BUILTIN_ESTIMATORS = ("group_norm", "reinforce_baseline", "rloo")

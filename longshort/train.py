@@ -93,6 +93,10 @@ def stage_sft(config: Config, run: Path) -> None:
         return
     agents = build_agents(config)
     for role, spec in config.agents.items():
+        if role not in paths:  # a team's own builder may cover some roles; the others keep their weights
+            console.print(f"sft: {role} agent has no cold-start data from sft.coldstart={config.sft.coldstart}; "
+                          "it starts RL from its base weights")
+            continue
         transcripts = load_coldstart(paths[role])
         console.print(f"sft: {role} agent on {len(transcripts)} cold-start transcripts")
         model, tokenizer = load_configured(spec.model, dtype="fp32")

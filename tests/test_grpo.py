@@ -195,8 +195,21 @@ def test_schedule_and_config_errors_name_the_fix(tmp_path):
         trainer_for(make_config(("solo",), frozen=("solo",)), tmp_path)
     config = make_config()
     config.rewards.weights = {}
-    with pytest.raises(ValueError, match="rewards.weights"):
+    with pytest.raises(ValueError, match="no agent is trainable.*rewards.weights"):
         trainer_for(config, tmp_path)
+
+
+def test_an_agent_without_reward_terms_is_frozen_with_a_message(tmp_path, caplog):
+    config = make_config(("a", "b"), schedule="joint", steps=1)
+    del config.rewards.weights["b"]
+    with caplog.at_level("WARNING", logger="longshort.trainers.grpo"):
+        trainer = trainer_for(config, tmp_path)
+    assert set(trainer.policies) == {"a"}
+    assert "agent 'b' has no reward terms" in caplog.text and "not trained" in caplog.text
+    metrics = trainer.step(0)
+    assert metrics["trained"] == ["a"] and "train/b/policy_loss" not in metrics
+    assert "reward/a/even_tokens_test" in metrics and not any(k.startswith("reward/b/") and k != "reward/b/total"
+                                                              for k in metrics)
 
 
 def test_problem_stream_is_seeded_and_cycles_through_every_problem():

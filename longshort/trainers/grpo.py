@@ -126,12 +126,14 @@ class GRPOTrainer:
             raise ValueError(f"the embedded trainer generates with the 'hf' engine; got rollout.engine="
                              f"{config.rollout.engine} (use backend.name=openrlhf for vLLM)")
         trainable = tuple(role for role, spec in config.agents.items() if spec.trainable)
-        if not trainable:
-            raise ValueError("no agent is trainable: set agents.<role>.trainable: true for at least one")
         unscored = [role for role in trainable if not config.rewards.weights.get(role)]
-        if unscored:
-            raise ValueError(f"trainable agent(s) {', '.join(unscored)} have no reward terms: "
-                             f"set rewards.weights.<role> (e.g. {unscored[0]}: {{correctness: 1.0}})")
+        for role in unscored:  # its advantages would all be 0: frozen, and said so, rather than "trained"
+            logger.warning("rl: agent '%s' has no reward terms (rewards.weights.%s is empty), so it acts but is "
+                           "not trained; give it terms (e.g. %s: {correctness: 1.0}) to train it", role, role, role)
+        trainable = tuple(role for role in trainable if role not in unscored)
+        if not trainable:
+            raise ValueError("no agent is trainable: set agents.<role>.trainable: true and rewards.weights.<role> "
+                             "for at least one agent")
         self.schedule = Schedule(tc.schedule, trainable, tc.first_agent, tc.phase_steps)
         self.stream = ProblemStream(train_problems, config.seed)
         self.run_key = run_key(config, train_problems)
