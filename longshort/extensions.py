@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -58,6 +59,19 @@ def import_extensions(imports: Iterable[str]) -> list[ModuleType]:
             detail = " ".join(str(err).split()) or "no message"
             raise ExtensionError(f"imports: cannot import '{entry}': {type(err).__name__}: {detail}") from err
     return modules
+
+
+def worker_env(imports: Iterable[str], pythonpath: str | None = None) -> dict[str, str]:
+    """What a launched worker (OpenRLHF's Ray actors, through the job's runtime env) needs besides the
+    config to import ``imports``: ``PYTHONPATH`` with the current folder (a dotted module beside the
+    recipe) and each file entry's folder (its sibling imports) ahead of ``pythonpath`` (default: this
+    process's). Empty without imports, so a run with none passes exactly what it did before."""
+    imports = list(imports)
+    if not imports:
+        return {}
+    existing = os.environ.get("PYTHONPATH", "") if pythonpath is None else pythonpath
+    folders = [str(Path.cwd()), *(str(Path(e).expanduser().resolve().parent) for e in imports if is_file_entry(e))]
+    return {"PYTHONPATH": os.pathsep.join(dict.fromkeys([*folders, *filter(None, existing.split(os.pathsep))]))}
 
 
 def _import_file(path: Path) -> ModuleType:

@@ -214,3 +214,24 @@ def test_inherited_imports_add_up_and_a_module_is_imported_once(user_folder):
     imports = re.search(r"imports:\n((?:- .*\n)+)", result.stdout).group(1).split("\n")[:-1]
     assert imports == [f"- {user_folder / 'my_team.py'}", f"- {user_folder / 'extra.py'}"]
     assert "always_one: 1.0" in result.stdout and "length: 1.0" in result.stdout  # weights merge below !replace
+
+
+def test_the_openrlhf_launch_carries_the_imports_to_its_workers(user_folder, monkeypatch):
+    """The GRPO job's runtime env holds the resolved config (with the absolute imports) for the bridge and a
+    PYTHONPATH that reaches the user's folder; a recipe without imports launches as before."""
+    from longshort.config import load_config
+    from longshort.trainers import openrlhf_launcher as launcher
+
+    extra = user_folder / "extra_terms.py"
+    extra.write_text("X = 1\n")
+    monkeypatch.chdir(user_folder)
+    monkeypatch.setenv("PYTHONPATH", "/somewhere")
+    config = load_config("qwen7b", ["backend.ray_address=http://head:8265", "imports=[extra_terms.py]"])
+    grpo = next(c for c in launcher.plan(config) if c.module == "openrlhf.cli.train_ppo_ray")
+    env = json.loads(grpo.argv[grpo.argv.index("--runtime-env-json") + 1])["env_vars"]
+    assert launcher.BridgeConfig.from_json(env[launcher.BRIDGE_ENV]).load_config().imports == [str(extra)]
+    assert env["PYTHONPATH"] == os.pathsep.join([str(user_folder), "/somewhere"])
+    plain = launcher.plan(load_config("qwen7b", ["backend.ray_address=http://head:8265"]))
+    plain_grpo = next(c for c in plain if c.module == "openrlhf.cli.train_ppo_ray")
+    plain_env = json.loads(plain_grpo.argv[plain_grpo.argv.index("--runtime-env-json") + 1])["env_vars"]
+    assert set(plain_env) == {launcher.BRIDGE_ENV}
