@@ -235,3 +235,40 @@ def test_the_openrlhf_launch_carries_the_imports_to_its_workers(user_folder, mon
     plain_grpo = next(c for c in plain if c.module == "openrlhf.cli.train_ppo_ray")
     plain_env = json.loads(plain_grpo.argv[plain_grpo.argv.index("--runtime-env-json") + 1])["env_vars"]
     assert set(plain_env) == {launcher.BRIDGE_ENV}
+
+
+BUILDER = '''import json
+
+from longshort.registry import COLDSTART
+
+
+@COLDSTART.register("checker_only")
+def checker_only(config, problems, out_dir):
+    """Cold-start transcripts for the checker alone; the other roles start RL from their base weights."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "checker.jsonl"
+    with path.open("w") as handle:
+        for p in problems:
+            turns = [{"role": "planner", "text": "<think>add</think>"}, {"role": "solver", "text": "<answer>ok</rethink>"},
+                     {"role": "checker", "text": "ACCEPT \\\\boxed{%s}" % p.answer}]
+            handle.write(json.dumps({"id": p.id, "question": p.prompt, "answer": p.answer, "turns": turns}) + "\\n")
+    return {"checker": path}
+'''
+
+
+def test_a_team_plugs_its_own_cold_start_builder(user_folder, tmp_path):
+    from longshort.models import tiny_model
+
+    model_dir = tmp_path / "tiny"
+    model, tokenizer = tiny_model(seed=0, hidden_size=32, num_layers=1, num_heads=2)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    (user_folder / "builder.py").write_text(BUILDER)
+    out = tmp_path / "run"
+    result = run(["-m", "longshort.train", "recipe=team.yaml", "imports=[my_team.py,builder.py]", "stages=[data,sft]",
+                  "sft.coldstart=checker_only", "sft.epochs=1", "sft.batch_size=2", "data.train.limit=2",
+                  "data.eval.limit=1", f"output_dir={out}", *tiny_team_overrides(model_dir)], cwd=user_folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "sft" / "checker" / "final" / "model.safetensors").is_file()
+    assert not (out / "sft" / "planner").exists() and not (out / "sft" / "solver").exists()
+    assert "planner agent has no cold-start data from sft.coldstart=checker_only" in " ".join(result.stderr.split())
