@@ -30,11 +30,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from longshort.registry import Registry
+from longshort.registry import ADVANTAGE_ESTIMATORS
 
 AdvantageEstimator = Callable[[Tensor, Tensor], Tensor]
-
-ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
 
 GROUP_NORM_EPS = 1e-4  # TRL 0.16 GRPO: (r - mean) / (std + 1e-4)
 BATCH_NORM_EPS = 1e-8  # OpenRLHF's whole-batch advantage normalisation
@@ -101,7 +99,10 @@ def rloo(rewards: Tensor, mask: Tensor) -> Tensor:
 
 
 def masked_sum(values: Tensor, mask: Tensor) -> Tensor:
-    return (values * mask).sum()
+    """Sum of ``values`` where ``mask`` is non-zero. Masked by selection, not multiplication: an inf or
+    NaN at a masked position (a partner's or padding token, where ``ref - logp`` can exceed the ~88 nats
+    at which fp32 ``exp`` overflows) must not turn the sum, and so the loss, into NaN (inf * 0 = NaN)."""
+    return torch.where(mask.bool(), values, torch.zeros((), dtype=values.dtype, device=values.device)).sum()
 
 
 def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k3") -> Tensor:
@@ -151,14 +152,23 @@ def ppo_clip_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, ma
 
     and the loss is ``sum_t l_t / normalizer``. Token-mean (``normalizer`` = the number of action
     tokens in the whole batch) rather than sequence-mean (average per sequence, then over sequences)
-    because it is what TRL 0.16 does and DAPO argues for: every generated token weighs the same, so a
-    long wrong answer is not diluted by being long. When a batch is split into micro-batches, pass
+    because DAPO argues for it: every generated token weighs the same, so a long wrong answer is not
+    diluted by being long. This whole-batch token mean is TRL's ``loss_type="dapo"``; TRL 0.16 (the
+    paper's) averaged per micro-batch instead (later named ``bnpo``), which equals it only when every
+    micro-batch holds the same number of action tokens. When a batch is split into micro-batches, pass
     the whole batch's token count as ``normalizer`` so that the accumulated gradient equals the
     gradient of the full-batch loss. Shapes: ``[B, T]`` for the per-token tensors, ``[B]`` for
     ``advantages``; ``mask`` is 1 on action tokens.
     """
     mask = mask.to(logprobs.dtype)
     normalizer = mask.sum().clamp(min=1) if normalizer is None else normalizer
+    # Off the action tokens (a partner's or padding tokens) the rollout and reference log-probs are
+    # replaced by the policy's own, so every term there is exp(0)-sized: masking selects the terms
+    # away, but an inf there would still make their gradient 0 * inf = NaN.
+    keep = mask.bool()
+    old_logprobs = torch.where(keep, old_logprobs, logprobs.detach())
+    if ref_logprobs is not None:
+        ref_logprobs = torch.where(keep, ref_logprobs, logprobs.detach())
     advantages = advantages[:, None].to(logprobs.dtype)
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = ratio * advantages

@@ -1,15 +1,26 @@
 """Command-line parsing shared by ``python -m longshort.train`` and ``python -m longshort.evaluate``.
 
 Arguments are Hydra-style: ``recipe=NAME`` (or a path to a YAML file), then any number of
-``key=value`` overrides, plus a few ``--flags``. Errors are one line on stderr and exit status 2.
+``key=value`` overrides, plus a few ``--flags``. User mistakes (``longshort.errors.UserError``: a config
+value, a data file, a model path, a name; and a file that does not exist) are one line on stderr and
+exit status 2, whether found when the config loads or later in a run; ``--debug`` shows their traceback.
+Any other exception is a bug and keeps its traceback.
+
+This module imports no torch or transformers: ``--help``, ``--help-config``, ``--print-config`` and a
+config error answer in a fraction of a second (``tests/test_cli.py`` guards it).
 """
 from __future__ import annotations
 
 import logging
 import sys
 from dataclasses import dataclass, field
+from typing import Callable
 
 from longshort.config import Config, ConfigError, describe_schema, list_recipes, load_config, to_yaml
+from longshort.errors import UserError
+
+USER_ERRORS = (UserError, FileNotFoundError)
+DEBUG_FLAG = {"--debug": "show the traceback of a user error (without it: one line, exit status 2)"}
 
 
 @dataclass
@@ -48,7 +59,7 @@ def load(prog: str, argv: list[str] | None, flags: dict[str, str]) -> tuple[Conf
     Exits with status 0 after a help or print flag and with status 2 on a config error.
     """
     argv = sys.argv[1:] if argv is None else argv
-    flags = {**flags, "--help-config": "list every config key with its type and documentation",
+    flags = {**flags, **DEBUG_FLAG, "--help-config": "list every config key with its type and documentation",
              "--print-config": "print the resolved config and exit"}
     if "-h" in argv or "--help" in argv:
         print(usage(prog, flags))
@@ -61,14 +72,33 @@ def load(prog: str, argv: list[str] | None, flags: dict[str, str]) -> tuple[Conf
         if invocation.recipe is None:
             raise ConfigError(f"no recipe given: add recipe=NAME (one of {', '.join(list_recipes())}) or recipe=PATH")
         config = load_config(invocation.recipe, invocation.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        if "--debug" in argv:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     if "--print-config" in invocation.flags:
         print(to_yaml(config), end="")
         raise SystemExit(0)
     show_progress_messages()
     return config, invocation
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (a wrapped library message can hold newlines)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def guarded(body: Callable[[], int], invocation: Invocation) -> int:
+    """Run a command's body: a user error becomes one line on stderr and exit status 2 (``--debug``:
+    the traceback); anything else propagates as the bug it is."""
+    try:
+        return body()
+    except USER_ERRORS as err:
+        if "--debug" in invocation.flags:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
 
 
 def show_progress_messages() -> None:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from agents.long_short import LongThoughtAgent, ShortThoughtAgent
+from longshort.errors import UserError
 from longshort.config import Config
 from longshort.data import Problem
 from longshort.registry import COLDSTART
@@ -61,7 +62,7 @@ _EQUATION = re.compile(rf"(?P<lhs>[\d$.,%()+\-*/×÷ ]*\d[\d$.,%()+\-*/×÷ ]*?)
 _OPERATOR = re.compile(r"\d\s*[-+*/×÷]\s*[\d(]|\)\s*[-+*/×÷]")
 
 
-class ColdStartError(ValueError):
+class ColdStartError(UserError, ValueError):
     """A cold-start file or record that cannot be used; the message names the file, line and fix."""
 
 
@@ -179,7 +180,8 @@ def long_short_coldstart(config: Config, problems: Sequence[Problem], out_dir: P
     roles = tuple(config.agents)
     if len(roles) != 2:
         raise ColdStartError(f"sft.coldstart=long_short needs two agents (long, short); the recipe has "
-                             f"{len(roles)} ({', '.join(roles)}): use sft.coldstart=entropy_skip for one agent")
+                             f"{len(roles)} ({', '.join(roles)}): use sft.coldstart=entropy_skip for one agent; "
+                             "for another team, drop sft from stages or register your own builder (@COLDSTART.register)")
     return write_coldstart(problems, out_dir, config.seed, roles=roles)
 
 

@@ -23,10 +23,11 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from longshort.errors import UserError
 from longshort.registry import did_you_mean
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A recipe or override that cannot be applied; the message is one line and says how to fix it."""
 
 
@@ -102,8 +103,7 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = _f("hf", "Generation engine: hf (embedded), vllm, or remote (OpenAI-compatible).",
-                     ("hf", "vllm", "remote"))
+    engine: str = _f("hf", "Generation engine: hf (embedded), vllm, remote (OpenAI-compatible), or your own.")
     group_size: int = _f(4, "Samples per problem (G); advantages are normalised within each group.")
     problems_per_step: int = _f(8, "Problems per RL step; a step rolls out problems_per_step x group_size episodes.")
     max_batch_size: int = _f(32, "Most sequences the engine decodes at once.")
@@ -141,8 +141,8 @@ class RewardsConfig:
 
 @dataclass
 class TrainerConfig:
-    algorithm: str = _f("group_norm", "Advantage estimator: group_norm (GRPO), reinforce_baseline (REINFORCE++), rloo.",
-                        ("group_norm", "reinforce_baseline", "rloo"))
+    algorithm: str = _f("group_norm", "Advantage estimator: group_norm (GRPO), reinforce_baseline (REINFORCE++), rloo, "
+                        "or your own (@register_advantage).")
     schedule: str = _f("alternating", "joint: all trainable agents learn from the same episodes; "
                        "alternating: one trains while the others are frozen, then swap.", ("joint", "alternating"))
     first_agent: str = _f("short", "Alternating schedule: the agent trained in the first phase.")
@@ -225,6 +225,9 @@ class LoggingConfig:
 @dataclass
 class Config:
     name: str = _f("tiny", "Run name; the default output directory is runs/<name>.")
+    imports: List[str] = _f([], "Your own modules (dotted names) or .py files (relative to the recipe) that register "
+                            "agents, envs, reward terms, estimators, cold-start builders or engines; imported before "
+                            "anything is built, in every process that loads the recipe (longshort.extensions).")
     output_dir: str = _f("runs/${name}", "Where the run writes config, data, checkpoints, logs and the summary.")
     seed: int = _f(42, "Seed of data generation, sampling and initialisation.")
     stages: List[str] = _f(["data", "sft", "rl", "eval"], "Pipeline stages to run, in order.")
@@ -270,21 +273,66 @@ def resolve_recipe(name_or_path: str) -> Path:
                       f"available: {', '.join(names)} (or pass a path to a .yaml file)")
 
 
+class _Replace(dict):
+    """A mapping tagged ``!replace`` in a recipe: it replaces the inherited mapping instead of merging."""
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    pass
+
+
+_RecipeLoader.add_constructor("!replace", lambda loader, node: _Replace(loader.construct_mapping(node, deep=True)))
+
+
+def _replace_marked(base: dict, data: dict) -> dict:
+    """``data`` with its ``!replace`` mappings made plain, after dropping what they replace from ``base``."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, _Replace):
+            base.pop(key, None)
+            value = dict(value)
+        if isinstance(value, dict):
+            value = _replace_marked(base.get(key) if isinstance(base.get(key), dict) else {}, value)
+        out[key] = value
+    return out
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """A recipe's mapping, with ``inherit: other_recipe`` merged underneath it."""
+    """A recipe's mapping, with ``inherit: other_recipe`` merged underneath it.
+
+    Mappings merge key by key, so a recipe that inherits keeps its parent's agents beside its own. To
+    define a mapping anew (a team whose env has other roles than the parent's), tag it ``!replace``:
+    ``agents: !replace {planner: ..., solver: ...}`` (also ``weights: !replace`` under ``rewards``).
+    ``imports:`` lists add up along the chain, and a relative ``.py`` entry is taken from the folder of
+    the recipe that names it.
+    """
     if path in seen:
         raise ConfigError(f"recipe inheritance loops: {' -> '.join(p.stem for p in (*seen, path))}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_RecipeLoader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"recipe {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping of config keys, got {type(data).__name__}")
+    if "imports" in data:
+        data["imports"] = _absolute_imports(data["imports"], path.parent, f"recipe {path}")
     parent = data.pop("inherit", None)
     if parent is None:
-        return data
+        return _replace_marked({}, data)
     base = _read_yaml(resolve_recipe(str(parent)), (*seen, path))
+    if "imports" in data:
+        data["imports"] = list(dict.fromkeys([*base.get("imports", []), *data["imports"]]))
+    data = _replace_marked(base, data)
     return OmegaConf.to_container(OmegaConf.merge(base, data))
+
+
+def _absolute_imports(entries: Any, folder: Path, where: str) -> list[str]:
+    """``imports:`` with relative ``.py`` paths made absolute from ``folder``; module names kept."""
+    from longshort.extensions import is_file_entry
+
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise ConfigError(f"'imports' must be a list of module names or .py paths [in {where}]")
+    return [str((folder / Path(e).expanduser()).resolve()) if is_file_entry(e) else e for e in entries]
 
 
 def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -305,8 +353,14 @@ def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from None
+    from longshort.extensions import check_names, import_extensions
+
+    config.imports = _absolute_imports(config.imports, Path.cwd(), "imports")  # from a command-line override
+    import_extensions(config.imports)  # before the names it registers are checked
     _check_choices(config)
+    _check_ranges(config)
     _check_consistency(config)
+    check_names(config)
     return config
 
 
@@ -398,6 +452,65 @@ def _check_choices(config: Config) -> None:
             walk(value, f"{prefix}{f.name}.")
 
     walk(config, "")
+
+
+# Values that cannot work, by (section class, field): (lowest, highest, lowest excluded). None: no bound.
+# Checked at load time so that e.g. env.max_turns=0 fails in one line instead of deep inside a run.
+_AT_LEAST_1 = (1, None, False)
+_POSITIVE = (0, None, True)
+_NON_NEGATIVE = (0, None, False)
+_RATIO = (0, 1, False)
+_RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
+    **{("SamplingConfig", f): r for f, r in (("temperature", _NON_NEGATIVE), ("top_p", (0, 1, True)),
+                                              ("top_k", _NON_NEGATIVE), ("max_new_tokens", _AT_LEAST_1))},
+    ("EnvConfig", "max_turns"): _AT_LEAST_1, ("EnvConfig", "max_total_tokens"): _AT_LEAST_1,
+    **{("DataSourceConfig", f): _AT_LEAST_1 for f in ("limit", "min_steps", "max_steps")},
+    **{("RolloutConfig", f): _AT_LEAST_1 for f in ("group_size", "problems_per_step", "max_batch_size")},
+    ("VerifyConfig", "timeout"): _POSITIVE,
+    **{("TrainerConfig", f): _AT_LEAST_1 for f in ("phase_steps", "steps", "updates_per_batch", "micro_batch_size",
+                                                    "save_every", "log_every")},
+    **{("TrainerConfig", f): _POSITIVE for f in ("lr", "clip_eps", "grad_clip")},
+    ("TrainerConfig", "warmup_ratio"): _RATIO, ("TrainerConfig", "kl_coef"): _NON_NEGATIVE,
+    **{("SFTConfig", f): _AT_LEAST_1 for f in ("examples", "epochs", "batch_size", "grad_accum", "max_length",
+                                                "save_every")},
+    ("SFTConfig", "lr"): _POSITIVE, ("SFTConfig", "warmup_ratio"): _RATIO, ("SFTConfig", "skip_kappa"): _RATIO,
+    **{("EvalConfig", f): _AT_LEAST_1 for f in ("samples", "limit", "max_new_tokens", "max_turns")},
+    ("EvalConfig", "temperature"): _NON_NEGATIVE,
+    **{("BackendConfig", f): _AT_LEAST_1 for f in ("num_nodes", "gpus_per_node", "vllm_num_engines",
+                                                    "vllm_tensor_parallel_size")},
+    ("BackendConfig", "partner_gpus"): _NON_NEGATIVE, ("BackendConfig", "zero_stage"): (0, 3, False),
+    ("BackendConfig", "vllm_gpu_memory_utilization"): (0, 1, True),
+}
+
+
+def _check_ranges(config: Config) -> None:
+    """Numbers that cannot work (a turn cap of 0, a negative limit) fail at load, naming the key."""
+    def walk(obj: Any, prefix: str) -> None:
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                walk(value, f"{prefix}{key}.")
+            return
+        if not dataclasses.is_dataclass(obj):
+            return
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            bounds = _RANGES.get((type(obj).__name__, f.name))
+            if bounds is not None and value is not None:
+                low, high, open_low = bounds
+                if (low is not None and (value <= low if open_low else value < low)) or \
+                        (high is not None and value > high):
+                    rule = (f"> {low}" if open_low else f">= {low}") if high is None else \
+                        (f"in ({low}, {high}]" if open_low else f"in [{low}, {high}]")
+                    none = " (or null for no limit)" if f.name in ("limit", "examples") else ""
+                    raise ConfigError(f"invalid value {value!r} for '{prefix}{f.name}': it must be {rule}{none}")
+            walk(value, f"{prefix}{f.name}.")
+
+    walk(config, "")
+    for split in ("train", "eval"):
+        source = getattr(config.data, split)
+        if source.min_steps > source.max_steps:
+            raise ConfigError(f"data.{split}.min_steps ({source.min_steps}) is larger than data.{split}.max_steps "
+                              f"({source.max_steps}): make min_steps <= max_steps")
 
 
 def _check_consistency(config: Config) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from longshort import paths
+from longshort.errors import UserError
 from longshort.registry import BENCHMARKS, UnknownNameError, did_you_mean
 from longshort.synthetic import SPLITS, split_seed, synthetic_problems
 
@@ -41,8 +42,12 @@ CHOICE_LETTERS = "ABCD"
 CHOICE_INSTRUCTION = "Answer with the letter of the correct option in \\boxed{}."
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Data that cannot become Problems (a bad row, an unreadable source); says where and how to fix it."""
+
+
+class HubLoadError(DataError):
+    """``datasets.load_dataset`` failed (network, auth, no such dataset): the source, not a row."""
 
 
 @dataclass
@@ -193,7 +198,7 @@ def load_jsonl(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no JSONL file at {path}")
+        raise FileNotFoundError(f"no JSONL file at {path} (relative paths start from the current folder)")
     fields = Fields(prompt_key, answer_key, id_key, solution_key)
     return _to_problems(_jsonl_rows(path), fields, id_format=id_format or f"{path.stem}-{{index:04d}}",
                         source=source or str(path), postprocess=postprocess, limit=limit)
@@ -218,7 +223,13 @@ def load_hub(
             "loading from the Hugging Face Hub needs the datasets package: pip install datasets "
             "(or pip install 'longshort[hub]')"
         ) from err
-    table = datasets.load_dataset(dataset_id, config, split=split, **load_kwargs)
+    try:
+        table = datasets.load_dataset(dataset_id, config, split=split, **load_kwargs)
+    except Exception as err:  # network, auth, no such dataset or file: one message that says where
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HubLoadError(f"cannot load '{dataset_id}' with datasets.load_dataset ({type(err).__name__}: {first}); "
+                        "a local file must end in .jsonl and exist, a Hub id must be reachable "
+                        "(or already in the Hugging Face cache when offline)") from err
     where = f"{dataset_id}" + (f" ({config})" if config else "") + f" [{split}] row"
     rows = ((f"{where} {i + 1}", row) for i, row in enumerate(table))
     fields = Fields(prompt_key, answer_key, id_key, solution_key)
@@ -376,19 +387,31 @@ for _split in ("test", "train"):
 
 
 def load_benchmark(name: str, *, data_dir: str | Path | None = None, limit: int | None = None) -> list[Problem]:
-    """A registered benchmark: from ``data_dir`` (else ``$LONGSHORT_DATA_DIR``) if set, else from the Hub."""
+    """A registered benchmark, from the first place that has it:
+
+    1. ``data_dir`` (else ``$LONGSHORT_DATA_DIR``), when set and holding the set's file;
+    2. the package's own copy (``longshort/eval_data``: MATH500, AIME24/25, AMC23, GSM8K test), so
+       evaluation works offline after ``pip install``;
+    3. a data dir that was set but lacks the file is an error naming the path (GPQA is never packaged);
+    4. otherwise the Hugging Face Hub.
+    """
     spec: BenchmarkSpec = BENCHMARKS.get(name)
     root = Path(data_dir) if data_dir is not None else paths.data_dir()
-    if root is not None:
+    if root is not None and (root / spec.local_file).is_file():
         return spec.load_local(root, limit=limit)
+    packaged = paths.packaged_data_dir()
+    if (packaged / spec.local_file).is_file():
+        return spec.load_local(packaged, limit=limit)
+    if root is not None:
+        return spec.load_local(root, limit=limit)  # raises: says where the file should be
     try:
         return spec.load_from_hub(limit=limit)
-    except (DataError, ImportError):
-        raise
-    except Exception as err:  # network, auth, missing dataset: say how to avoid the Hub altogether
+    except HubLoadError as err:  # network, auth, missing dataset: say how to avoid the Hub altogether
         note = f" ({spec.note})" if spec.note else ""
+        cause = err.__cause__ or err
+        detail = f"{type(cause).__name__}: {' '.join(str(cause).split())[:200]}"
         raise DataError(
-            f"benchmark '{name}': loading {spec.hub_id} from the Hub failed{note}: {err}. To use a local copy, set "
+            f"benchmark '{name}': loading {spec.hub_id} from the Hub failed{note}: {detail}. To use a local copy, set "
             f"${paths.DATA_DIR_ENV} to a folder containing {spec.local_file}."
         ) from err
 

@@ -17,10 +17,6 @@ from pathlib import Path
 from rich.console import Console
 
 from longshort import cli
-from longshort.data import DataError
-from longshort.evaluation import EvalError, RecordError, Results, default_out_dir, evaluate_benchmarks
-from longshort.models import ModelNotFoundError
-from longshort.registry import UnknownNameError
 from longshort.report import report_after_run
 
 PROG = "longshort.evaluate"
@@ -30,7 +26,7 @@ ARGUMENTS = {
     "system=LABEL": "the row label of this system (default '<name> (<mode>)')",
     "compare=DIR[,DIR]": "earlier evaluations (folders with results.json) to show as extra rows",
 }
-BUILTIN_FLAGS = {"--help-config": "list every config key with its type and documentation",
+BUILTIN_FLAGS = {**cli.DEBUG_FLAG, "--help-config": "list every config key with its type and documentation",
                  "--print-config": "print the resolved config and exit"}
 
 console = Console(stderr=True)
@@ -58,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     arguments, rest = split_arguments(argv)
     config, invocation = cli.load(PROG, rest, FLAGS)
+    return cli.guarded(lambda: _evaluate(config, invocation, arguments), invocation)
+
+
+def _evaluate(config, invocation: cli.Invocation, arguments: dict[str, str]) -> int:
+    from longshort.evaluation import Results, default_out_dir, evaluate_benchmarks  # torch: after the config
+
     out = Path(arguments["out"]) if arguments.get("out") else default_out_dir(config)
     try:
         compare = [Results.load(path) for path in arguments.get("compare", "").split(",") if path]
@@ -69,9 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[yellow]interrupted[/yellow]: finished episodes are kept in {out / 'records'}; "
                       "run the same command again to resume")
         return 130
-    except (EvalError, RecordError, DataError, UnknownNameError, FileNotFoundError, ModelNotFoundError,
-            ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except ImportError as err:  # an engine's optional package (vllm...) is missing: the message says which
+        print(f"error: {cli.one_line(err)}", file=sys.stderr)
         return 2
     print((out / "table.md").read_text(), end="")
     console.print(report_after_run(out), markup=False, highlight=False, soft_wrap=True)

@@ -34,6 +34,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from longshort.errors import UserError
 from longshort.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ CHATML_TEMPLATE = (
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 0, 1, 2 as in SmolLM2
 
 
-class ModelNotFoundError(OSError):
+class ModelNotFoundError(UserError, OSError):
     """The name is neither an alias, a model directory or .gguf file, nor a Hub model we could load."""
 
 
@@ -152,8 +153,8 @@ def load_model(
             model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=torch_dtype, **kwargs)
         except OSError as error:
             raise ModelNotFoundError(
-                f"could not load {hub_id!r} from the Hugging Face Hub or its local cache: {error}\n"
-                "Offline, a Hub model must already be in the local Hugging Face cache: download it on a "
+                f"could not load {hub_id!r} from the Hugging Face Hub or its local cache "
+                f"({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}). Offline, a Hub model must already be in the local Hugging Face cache: download it on a "
                 f"connected machine (`hf download {hub_id}`) and copy the cache (HF_HOME) over, or pass a "
                 "local directory written by save_pretrained."
             ) from error
@@ -242,8 +243,8 @@ def _local_source(name_or_path: str) -> Path | None:
         return cached if (cached / "config.json").is_file() else _convert_gguf(path, cached)
     if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise ModelNotFoundError(
-            f"{name_or_path!r} is not a model directory or .gguf file (nor a Hub id 'org/name'); "
-            f"known aliases: {', '.join(MODEL_ALIASES)}"
+            f"{name_or_path!r} is not a model directory or .gguf file (nor a Hub id 'org/name'): check the "
+            f"agent's model.name_or_path; known aliases: {', '.join(MODEL_ALIASES)}"
         )
     return None
 

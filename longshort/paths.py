@@ -9,9 +9,14 @@ CACHE_DIR_ENV = "LONGSHORT_CACHE_DIR"
 
 
 def data_dir() -> Path | None:
-    """Local copies of the benchmark sets (``$LONGSHORT_DATA_DIR``); None means load from the Hub."""
+    """Local copies of the benchmark sets (``$LONGSHORT_DATA_DIR``); None when it is not set."""
     value = os.environ.get(DATA_DIR_ENV)
     return Path(value).expanduser() if value else None
+
+
+def packaged_data_dir() -> Path:
+    """The evaluation sets shipped inside the package (``longshort/eval_data``, same layout as a data dir)."""
+    return Path(__file__).resolve().parent / "eval_data"
 
 
 def cache_dir() -> Path:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
+from longshort.errors import UserError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(UserError, KeyError):
     """A registry lookup for a name nobody registered."""
 
     def __str__(self) -> str:  # KeyError quotes its message; a user wants it plain.
@@ -85,3 +87,7 @@ REWARDS: Registry = Registry("reward term")
 ENGINES: Registry = Registry("engine")
 BENCHMARKS: Registry = Registry("benchmark")
 COLDSTART: Registry = Registry("cold-start builder")
+# Filled by longshort.algos (which needs torch); the built-in names are listed here so that a config can
+# be checked without importing it.
+ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator")
+BUILTIN_ESTIMATORS = ("group_norm", "reinforce_baseline", "rloo")

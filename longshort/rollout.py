@@ -21,7 +21,7 @@ from envs.base import Env
 from longshort.config import Config
 from longshort.data import Problem
 from longshort.engines.base import Engine, SamplingParams
-from longshort.registry import AGENTS, ENGINES, ENVS
+from longshort.registry import AGENTS, ENVS
 from longshort.episode import Episode, TrainingSample, Turn
 from longshort.rewards import RewardContext, score_group
 from longshort.verify import Verifier
@@ -122,6 +122,7 @@ def build_engines(config: Config, *, share: bool = True) -> dict[str, Engine]:
     Sharing is right for inference (one model, bigger batches); RL with two trainable agents needs
     two independent copies (``share=False``) because each agent's weights move separately.
     """
+    from longshort.engines.hf import HFEngine
     from longshort.models import load_configured, model_key
 
     if config.rollout.engine != "hf":
@@ -133,8 +134,7 @@ def build_engines(config: Config, *, share: bool = True) -> dict[str, Engine]:
         key = model_key(spec.model) if share else role
         if key not in cache:
             model, tokenizer = load_configured(spec.model)
-            cache[key] = ENGINES.get("hf")(model, tokenizer, max_batch_size=config.rollout.max_batch_size,
-                                           seed=config.seed)
+            cache[key] = HFEngine(model, tokenizer, max_batch_size=config.rollout.max_batch_size, seed=config.seed)
         engines[role] = cache[key]
     return engines
 

@@ -43,11 +43,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file
-from transformers import get_cosine_schedule_with_warmup
 
 from agents.base import Agent, vocab_key
 from longshort.config import SFTConfig
 from longshort.episode import Turn
+from longshort.lr_schedule import cosine_schedule
 from longshort.memory import release_freed_memory
 from longshort.models import pick_dtype
 
@@ -261,7 +261,7 @@ def run_sft(model, tokenizer, agent: Agent, transcripts: Sequence[dict], config:
     per_epoch = steps_per_epoch(len(examples), config)
     total = per_epoch * config.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * total), total)
+    scheduler = cosine_schedule(optimizer, total, config.warmup_ratio)  # the RL schedule: no step at lr 0
     key = _run_key(config, seed, agent.role, len(examples))
     step, rng_state = 0, None
     checkpoint = _latest_checkpoint(out)

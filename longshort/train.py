@@ -19,14 +19,11 @@ from rich.console import Console
 
 from longshort import cli
 from longshort.config import Config, to_yaml
-from longshort.coldstart import load_coldstart
-from longshort.data import Problem, load_jsonl, load_source, save_jsonl
-from longshort.models import load_configured
-from longshort.registry import COLDSTART
+from longshort.data import DataError, Problem, load_jsonl, load_source, save_jsonl
 from longshort.report import report_after_run
-from longshort.rollout import build_agents
-from longshort.sft import run_sft
 
+# torch and transformers (longshort.models, sft, the trainers) are imported inside the stages that use
+# them: --help, --help-config, --print-config and a config error answer without them (tests/test_cli.py).
 console = Console(stderr=True)
 
 FLAGS = {"--restart": "ignore DONE markers (SFT and RL still reuse their checkpoints: delete a stage's folder to retrain)",
@@ -40,12 +37,21 @@ def stage_data(config: Config, run: Path) -> None:
     seeds) are dropped, so evaluation never scores a memorised item.
     """
     out = run / "data"
-    train = load_source(config.data.train, config.seed)
+    train = _load_source("train", config)
     seen = {problem.prompt for problem in train}
-    held_out = [problem for problem in load_source(config.data.eval, config.seed) if problem.prompt not in seen]
+    held_out = [problem for problem in _load_source("eval", config) if problem.prompt not in seen]
     for split, problems, source in (("train", train, config.data.train), ("eval", held_out, config.data.eval)):
         save_jsonl(problems, out / f"{split}.jsonl")
         console.print(f"data: {len(problems)} {split} problems from {source.source} -> {out / f'{split}.jsonl'}")
+
+
+def _load_source(split: str, config: Config) -> list[Problem]:
+    """``data.<split>``'s problems; a source that cannot be read fails naming the config key to fix."""
+    source = getattr(config.data, split)
+    try:
+        return load_source(source, config.seed)
+    except (DataError, FileNotFoundError) as err:
+        raise DataError(f"data.{split}.source={source.source}: {err}") from err
 
 
 def _problems(run: Path, split: str) -> list[Problem]:
@@ -74,6 +80,12 @@ def stage_models(config: Config, run: Path, stage: str) -> dict[str, str]:
 def stage_sft(config: Config, run: Path) -> None:
     """Cold-start data from the training problems' gold steps (the ``sft.coldstart`` builder), then SFT
     of each agent in its style."""
+    from longshort.coldstart import load_coldstart
+    from longshort.models import load_configured
+    from longshort.registry import COLDSTART
+    from longshort.rollout import build_agents
+    from longshort.sft import run_sft
+
     problems = _problems(run, "train")[: config.sft.examples]
     paths = COLDSTART.get(config.sft.coldstart)(config, problems, run / "sft" / "coldstart")
     if config.backend.name == "openrlhf":
@@ -83,6 +95,10 @@ def stage_sft(config: Config, run: Path) -> None:
         return
     agents = build_agents(config)
     for role, spec in config.agents.items():
+        if role not in paths:  # a team's own builder may cover some roles; the others keep their weights
+            console.print(f"sft: {role} agent has no cold-start data from sft.coldstart={config.sft.coldstart}; "
+                          "it starts RL from its base weights")
+            continue
         transcripts = load_coldstart(paths[role])
         console.print(f"sft: {role} agent on {len(transcripts)} cold-start transcripts")
         model, tokenizer = load_configured(spec.model, dtype="fp32")
@@ -98,6 +114,7 @@ def stage_rl(config: Config, run: Path) -> None:
         finals = openrlhf_launcher.final_checkpoints(config)
         (run / "rl" / "final.json").write_text(json.dumps({role: str(p) for role, p in finals.items()}) + "\n")
         return
+    from longshort.models import load_configured
     from longshort.trainers import GRPOTrainer
 
     models = {role: load_configured(config.agents[role].model, path=path)
@@ -199,13 +216,17 @@ def dry_run(config: Config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     config, invocation = cli.load("longshort.train", argv, FLAGS)
-    console.print(to_yaml(config), highlight=False, markup=False)
-    if "--dry-run" in invocation.flags:
-        dry_run(config)
+
+    def body() -> int:
+        console.print(to_yaml(config), highlight=False, markup=False)
+        if "--dry-run" in invocation.flags:
+            dry_run(config)
+            return 0
+        run = run_pipeline(config, restart="--restart" in invocation.flags)
+        console.print(f"[green]run complete:[/green] {run}")
         return 0
-    run = run_pipeline(config, restart="--restart" in invocation.flags)
-    console.print(f"[green]run complete:[/green] {run}")
-    return 0
+
+    return cli.guarded(body, invocation)
 
 
 if __name__ == "__main__":

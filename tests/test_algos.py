@@ -172,3 +172,18 @@ def test_entropy_and_masked_sum():
     peaked = torch.tensor([[100.0, 0.0, 0.0]])
     assert float(entropy_from_logits(peaked)) == pytest.approx(0.0, abs=1e-6)
     assert float(masked_sum(torch.tensor([1.0, 5.0, 3.0]), torch.tensor([1.0, 0.0, 1.0]))) == 4.0
+
+
+def test_masked_positions_cannot_make_the_loss_nan():
+    """A partner's or padding token can have ref - logp far beyond fp32's exp range: k3 there is inf,
+    and inf * 0 would be NaN. Masking selects, so the loss stays finite and equals the unmasked part."""
+    logprobs = torch.tensor([[-1.0, -1.0, -200.0]], requires_grad=True)
+    ref = torch.tensor([[-1.1, -0.9, -0.5]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    terms = ppo_clip_loss(logprobs, logprobs.detach(), torch.tensor([1.0]), mask, clip_eps=0.2,
+                          ref_logprobs=ref, kl_coef=0.1)
+    assert torch.isinf(torch.exp(ref - logprobs.detach())).any()
+    assert torch.isfinite(terms.loss) and torch.isfinite(terms.kl)
+    terms.loss.backward()
+    assert torch.isfinite(logprobs.grad).all() and logprobs.grad[0, 2] == 0
+    assert masked_sum(torch.tensor([1.0, float("nan"), 2.0]), torch.tensor([1, 0, 1])) == 3.0

@@ -1,5 +1,6 @@
 """Data loaders: local JSONL, Hub mapping (through the real ``datasets`` package on local files),
-synthetic generator, registered benchmarks from ../shared/data, and the error messages."""
+synthetic generator, registered benchmarks (the package's copies, project-written GPQA-layout fixtures,
+and ../shared/data where a maintainer has it), and the error messages."""
 from __future__ import annotations
 
 import collections
@@ -23,6 +24,7 @@ from longshort.registry import UnknownNameError
 
 EXPECTED_ROWS = {"math500": 500, "aime24": 30, "aime25": 30, "amc23": 40, "gpqa_diamond": 198, "gsm8k": 1319,
                  "gsm8k_train": 7473}
+PACKAGED = ("math500", "aime24", "aime25", "amc23", "gsm8k")
 EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 
 
@@ -53,10 +55,15 @@ def test_load_jsonl_maps_fields_and_skips_blank_lines(tmp_path):
     assert [p.id for p in load_jsonl(path, limit=2)] == ["a", "7"]
 
 
-def test_load_jsonl_accepts_aliases_like_the_chunked_long_cot_data(shared_data, tmp_path):
+def test_load_jsonl_reads_the_chunked_long_cot_data(shared_data):
     (problem,) = load_jsonl(shared_data / "longcot" / "r1_example_chunked.jsonl")
     assert problem.prompt.startswith("Let $x,y$ and $z$")
     assert problem.answer == "33"  # stored as an integer there
+
+
+def test_load_jsonl_accepts_aliases(tmp_path):
+    path = write_lines(tmp_path / "n.jsonl", [json.dumps({"question": "Q?", "answer": 33})])
+    assert load_jsonl(path)[0].answer == "33"  # integers become text
     path = write_lines(tmp_path / "q.jsonl", [json.dumps({"unique_id": "u1", "question": "Q?", "final_answer": "7"})])
     assert load_jsonl(path)[0] == Problem("u1", "Q?", "7", {"source": str(path), "kind": "math"})
 
@@ -67,8 +74,8 @@ def test_load_jsonl_custom_keys(tmp_path):
     assert (problem.id, problem.prompt, problem.answer, problem.meta["solution"]) == ("k1", "Q?", "5", "because")
 
 
-def test_mapping_does_not_mutate_or_share_the_source_row(shared_data):
-    raw = raw_rows(shared_data / "benchmarks" / "gpqa_diamond.jsonl")[0]
+def test_mapping_does_not_mutate_or_share_the_source_row(gpqa_fixture):
+    raw = raw_rows(gpqa_fixture / "benchmarks" / "gpqa_diamond.jsonl")[0]
     row = {**raw, "meta": {"tags": ["x"]}}
     before = copy.deepcopy(row)
     spec = BENCHMARKS.get("gpqa_diamond")
@@ -79,7 +86,7 @@ def test_mapping_does_not_mutate_or_share_the_source_row(shared_data):
     assert problem.meta["tags"] == ["x", "y"] and problem.meta["kind"] == "choice"
 
 
-def test_save_and_load_round_trip(tmp_path):
+def test_save_and_load_round_trip(tmp_path, gpqa_fixture):
     problems = synthetic_problems(5, seed=1) + load_benchmark("gpqa_diamond", limit=3)
     path = save_jsonl(problems, tmp_path / "out" / "p.jsonl")
     assert load_jsonl(path) == problems
@@ -110,8 +117,8 @@ def test_missing_jsonl_file(tmp_path):
 # ---------------------------------------------------------------- Hub mapping through `datasets`
 
 
-def test_load_hub_maps_rows_like_load_jsonl(shared_data, tmp_path):
-    source = shared_data / "benchmarks" / "math500.jsonl"
+def test_load_hub_maps_rows_like_load_jsonl(packaged_data, tmp_path):
+    source = packaged_data / "benchmarks" / "math500.jsonl"
     local = load_jsonl(source, limit=10, source="math500")
     copy = write_lines(tmp_path / "math500.jsonl", source.read_text(encoding="utf-8").splitlines()[:10])
     hub = load_hub("json", split="train", id_key="id", solution_key="solution", source="math500",
@@ -126,8 +133,8 @@ def test_load_hub_reports_bad_rows(tmp_path):
         load_hub("json", split="train", data_files=str(path), cache_dir=str(tmp_path / "cache"))
 
 
-def test_gsm8k_hub_layout_matches_local_copy(shared_data, tmp_path):
-    rows = raw_rows(shared_data / "gsm8k" / "test.jsonl")[:20]
+def test_gsm8k_hub_layout_matches_local_copy(packaged_data, tmp_path):
+    rows = raw_rows(packaged_data / "gsm8k" / "test.jsonl")[:20]
     hub_rows = [{"question": r["problem"], "answer": f"{r['solution']}\n#### {r['answer']}"} for r in rows]
     path = write_lines(tmp_path / "gsm8k.jsonl", [json.dumps(r) for r in hub_rows])
     spec = BENCHMARKS.get("gsm8k")
@@ -136,8 +143,8 @@ def test_gsm8k_hub_layout_matches_local_copy(shared_data, tmp_path):
     assert from_hub == load_benchmark("gsm8k", limit=20)
 
 
-def test_gpqa_hub_layout_matches_local_copy(shared_data, tmp_path):
-    rows = raw_rows(shared_data / "benchmarks" / "gpqa_diamond.jsonl")[:25]
+def test_gpqa_hub_layout_matches_local_copy(gpqa_fixture, tmp_path):
+    rows = raw_rows(gpqa_fixture / "benchmarks" / "gpqa_diamond.jsonl")[:25]
     hub_rows = []
     for row in rows:
         stem, options = split_gpqa_options(row["problem"])
@@ -216,33 +223,67 @@ def test_split_seeds_are_disjoint():
         split_seed(0, "test")
 
 
-def test_synthetic_is_fast():
+def test_synthetic_has_no_algorithmic_blow_up():
+    """10,000 problems take ~0.4 s on one core; the bound is 25x that, so only a blow-up (e.g. a
+    quadratic duplicate check) fails it, not a loaded machine. Timings belong in benchmarks/."""
     start = time.perf_counter()
     synthetic_problems(10_000)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 10.0
 
 
 # ---------------------------------------------------------------- benchmarks
 
 
 @pytest.mark.parametrize("name, rows", sorted(EXPECTED_ROWS.items()))
-def test_registered_benchmarks_load_from_shared_data(shared_data, name, rows):
+def test_registered_benchmarks_load_from_shared_data(shared_data, name, rows, monkeypatch):
     problems = load_benchmark(name, data_dir=shared_data)
     assert len(problems) == rows
     assert len({p.id for p in problems}) == rows
     assert all(p.prompt.strip() and p.answer and p.meta["source"] == name for p in problems)
     assert {p.meta["kind"] for p in problems} == {BENCHMARKS.get(name).kind}
     assert BENCHMARKS.get(name).kind == ("choice" if name == "gpqa_diamond" else "math")
-    assert load_benchmark(name, limit=3) == problems[:3]  # from $LONGSHORT_DATA_DIR, set by conftest
+    monkeypatch.setenv("LONGSHORT_DATA_DIR", str(shared_data))
+    assert load_benchmark(name, limit=3) == problems[:3]
+    if name in PACKAGED:  # the package's copy is the same set
+        monkeypatch.delenv("LONGSHORT_DATA_DIR")
+        assert load_benchmark(name) == problems
+
+
+@pytest.mark.parametrize("name", PACKAGED)
+def test_packaged_benchmarks_load_offline(name):
+    """No data dir, no Hub (conftest): the package's own copy answers."""
+    problems = load_benchmark(name)
+    assert len(problems) == EXPECTED_ROWS[name] == len({p.id for p in problems})
+    assert all(p.prompt.strip() and p.answer and p.meta["source"] == name for p in problems)
+    assert load_benchmark(name, limit=3) == problems[:3]
+
+
+def test_data_dir_wins_over_the_packaged_copy(tmp_path, monkeypatch):
+    (tmp_path / "benchmarks").mkdir()
+    write_lines(tmp_path / "benchmarks" / "aime24.jsonl", [json.dumps({"id": "mine", "problem": "Q?", "answer": "1"})])
+    assert [p.id for p in load_benchmark("aime24", data_dir=tmp_path)] == ["mine"]
+    monkeypatch.setenv("LONGSHORT_DATA_DIR", str(tmp_path))
+    assert [p.id for p in load_benchmark("aime24")] == ["mine"]
+    assert len(load_benchmark("aime25")) == 30  # not in the data dir: the packaged copy
+
+
+def test_gpqa_is_not_packaged_and_never_silently_missing(tmp_path, monkeypatch):
+    from longshort import paths
+
+    assert not (paths.packaged_data_dir() / "benchmarks" / "gpqa_diamond.jsonl").exists()
+    with pytest.raises(FileNotFoundError, match="gpqa_diamond.jsonl"):
+        load_benchmark("gpqa_diamond", data_dir=tmp_path)
+    with pytest.raises(DataError, match="Idavidrein/gpqa from the Hub failed.*LONGSHORT_DATA_DIR"):
+        load_benchmark("gpqa_diamond")  # offline (conftest): fails in one message that says what to do
 
 
 def test_all_benchmarks_registered():
     assert set(EXPECTED_ROWS) <= set(BENCHMARKS.names())
 
 
-def test_gsm8k_steps_and_answers(shared_data):
+def test_gsm8k_steps_and_answers(packaged_data):
     problems = load_benchmark("gsm8k")
-    rows = raw_rows(shared_data / "gsm8k" / "test.jsonl")
+    rows = raw_rows(packaged_data / "gsm8k" / "test.jsonl")
     for problem, row in zip(problems, rows):
         assert "<<" not in problem.meta["solution"] and ">>" not in problem.meta["solution"]
         assert problem.meta["steps"] == [line.strip() for line in problem.meta["solution"].splitlines()]
@@ -251,11 +292,11 @@ def test_gsm8k_steps_and_answers(shared_data):
     assert problems[0].meta["steps"][0] == "Janet sells 16 - 3 - 4 = 9 duck eggs a day."
 
 
-def test_gpqa_options_are_shuffled_and_preserved(shared_data):
+def test_gpqa_options_are_shuffled_and_preserved(gpqa_fixture):
     problems = load_benchmark("gpqa_diamond")
-    rows = raw_rows(shared_data / "benchmarks" / "gpqa_diamond.jsonl")
+    rows = raw_rows(gpqa_fixture / "benchmarks" / "gpqa_diamond.jsonl")
     letters = collections.Counter(p.answer for p in problems)
-    assert set(letters) == set(CHOICE_LETTERS) and min(letters.values()) >= 25, letters
+    assert set(letters) == set(CHOICE_LETTERS) and min(letters.values()) >= 8, letters  # 48 items
     for problem, row in zip(problems, rows):
         choices = problem.meta["choices"]
         assert problem.meta["answer_text"] == row["answer"].strip()
@@ -270,7 +311,7 @@ def test_gpqa_options_are_shuffled_and_preserved(shared_data):
     assert load_benchmark("gpqa_diamond") == problems
 
 
-def test_gpqa_shuffle_is_independent_of_the_process():
+def test_gpqa_shuffle_is_independent_of_the_process(gpqa_fixture):
     here = [(p.id, p.answer, p.meta["choices"]) for p in load_benchmark("gpqa_diamond")]
     code = ("import json; from longshort.data import load_benchmark; "
             "print(json.dumps([(p.id, p.answer, p.meta['choices']) for p in load_benchmark('gpqa_diamond')]))")
@@ -296,8 +337,8 @@ def test_gpqa_bad_row_names_file_and_line(tmp_path):
 
 def test_missing_local_benchmark_file_names_path_and_env_var(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
-        load_benchmark("math500", data_dir=tmp_path)
-    assert str(tmp_path / "benchmarks" / "math500.jsonl") in str(err.value)
+        load_benchmark("gpqa_diamond", data_dir=tmp_path)
+    assert str(tmp_path / "benchmarks" / "gpqa_diamond.jsonl") in str(err.value)
     assert "LONGSHORT_DATA_DIR" in str(err.value)
 
 
@@ -309,7 +350,7 @@ def test_unknown_benchmark_suggests_a_name():
 # ---------------------------------------------------------------- load_problems dispatcher
 
 
-def test_load_problems_dispatch(shared_data, tmp_path):
+def test_load_problems_dispatch(tmp_path):
     assert load_problems("synthetic", limit=5, seed=2) == synthetic_problems(5, seed=2)
     train = load_problems("synthetic:train", limit=5, seed=2)
     evaluation = load_problems("synthetic:eval", limit=5, seed=2)

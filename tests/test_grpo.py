@@ -7,6 +7,7 @@ a random model, and learnable in a few steps.
 """
 from __future__ import annotations
 
+import copy
 import json
 from statistics import fmean
 
@@ -15,12 +16,14 @@ import torch
 
 from agents import Agent, FormatResult, register_agent
 from envs import Env, register_env
+from longshort.algos import compute_advantages
 from longshort.config import AgentConfig, Config, EnvConfig, RewardsConfig, RolloutConfig, SamplingConfig, TrainerConfig
 from longshort.data import Problem
 from longshort.models import load_model, tiny_model
 from longshort.rewards import register_reward
 from longshort.trainers import GRPOTrainer
-from longshort.trainers.policy import cosine_with_warmup
+from longshort.trainers.grpo import ResumeMismatch
+from longshort.lr_schedule import cosine_with_warmup
 from longshort.trainers.schedule import ProblemStream, Schedule
 
 PROBLEMS = [Problem(f"p{i}", f"Say {i}.", "0") for i in range(6)]
@@ -164,8 +167,11 @@ def test_alternating_schedule_trains_one_agent_per_phase_starting_with_first_age
         assert changed(trainer.policies[expected].model, before[expected])
         other = "a" if expected == "b" else "b"
         assert not changed(trainer.policies[other].model, before[other])
-    # each policy's cosine schedule spans only the steps in which it trains (b: 4 of 6, a: 2 of 6)
-    assert trainer.policies["a"].scheduler.lr_lambdas[0](1) > 0
+    # each policy's cosine schedule spans only the steps in which it trains (b: 4 of 6, a: 2 of 6):
+    # cosine from 1 to 0 over 2 (a) and 4 (b) updates, no warm-up here; sized to 6 it would be 1, 0.93, ...
+    factors = {role: [p.scheduler.lr_lambdas[0](s) for s in range(6)] for role, p in trainer.policies.items()}
+    assert factors["a"][:2] == pytest.approx([1.0, 0.5]) and factors["a"][2] == 0.0
+    assert factors["b"][:4] == pytest.approx([1.0, 0.853553, 0.5, 0.146447], abs=1e-6) and factors["b"][4] == 0.0
     assert Schedule("alternating", ("a", "b"), "b", 2).updates_of("b", 6) == 4
 
 
@@ -189,8 +195,21 @@ def test_schedule_and_config_errors_name_the_fix(tmp_path):
         trainer_for(make_config(("solo",), frozen=("solo",)), tmp_path)
     config = make_config()
     config.rewards.weights = {}
-    with pytest.raises(ValueError, match="rewards.weights"):
+    with pytest.raises(ValueError, match="no agent is trainable.*rewards.weights"):
         trainer_for(config, tmp_path)
+
+
+def test_an_agent_without_reward_terms_is_frozen_with_a_message(tmp_path, caplog):
+    config = make_config(("a", "b"), schedule="joint", steps=1)
+    del config.rewards.weights["b"]
+    with caplog.at_level("WARNING", logger="longshort.trainers.grpo"):
+        trainer = trainer_for(config, tmp_path)
+    assert set(trainer.policies) == {"a"}
+    assert "agent 'b' has no reward terms" in caplog.text and "not trained" in caplog.text
+    metrics = trainer.step(0)
+    assert metrics["trained"] == ["a"] and "train/b/policy_loss" not in metrics
+    assert "reward/a/even_tokens_test" in metrics and not any(k.startswith("reward/b/") and k != "reward/b/total"
+                                                              for k in metrics)
 
 
 def test_problem_stream_is_seeded_and_cycles_through_every_problem():
@@ -309,3 +328,67 @@ def test_a_finished_run_started_again_does_nothing(tmp_path):
     again = trainer_for(config, tmp_path)
     assert again.train() == first
     assert len(read_metrics(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"trainer.lr": 1e-3}, r"trainer\.lr \(0\.003 -> 0\.001\)"),
+    ({"trainer.steps": 4}, r"trainer\.steps \(3 -> 4\)"),
+    ({"seed": 8}, r"seed \(7 -> 8\)"),
+])
+def test_resume_refuses_a_changed_training_config(tmp_path, change, message):
+    config = make_config(steps=3, save_every=1)
+    killed = trainer_for(config, tmp_path)
+    real_step = killed.step
+
+    def dies_in_step_two(step):
+        if step == 1:
+            raise KeyboardInterrupt
+        return real_step(step)
+
+    killed.step = dies_in_step_two
+    with pytest.raises(KeyboardInterrupt):
+        killed.train()  # step 1 checkpointed, then killed
+    changed_config = make_config(steps=3, save_every=1)
+    for key, value in change.items():
+        section, _, name = key.rpartition(".")
+        setattr(getattr(changed_config, section) if section else changed_config, name, value)
+    with pytest.raises(ResumeMismatch, match=message) as err:
+        trainer_for(changed_config, tmp_path).train()
+    assert "\n" not in str(err.value) and "start a new run" in str(err.value)
+    allowed = make_config(steps=3, save_every=2, log_every=3)  # logging and checkpoint cadence may change
+    assert trainer_for(allowed, tmp_path).resume() == 1
+
+
+def test_skipping_zero_advantage_samples_leaves_the_gradient_unchanged(tmp_path):
+    """Without a KL term the update runs only samples with a non-zero advantage; run with every sample
+    (a reference model present, kl_coef 0: its term has zero gradient), the gradient must be the same."""
+    trainer = trainer_for(make_config(steps=1, micro_batch_size=3), tmp_path)
+    policy = trainer.policies["solo"]
+    samples = trainer.samples(trainer.runner.run(PROBLEMS[:3], 4), "solo")
+    for i, sample in enumerate(samples):
+        sample.advantage = 0.0 if i % 3 else (1.0 if i % 2 else -0.5)  # 8 of 12 carry no signal
+    grads = []
+    policy.step = lambda: grads.append([p.grad.clone() for p in policy.master]) or 0.0
+    skipped = trainer.update(policy, samples)
+    policy.reference = copy.deepcopy(policy.model)
+    every = trainer.update(policy, samples)
+    assert (skipped["trained_samples"], every["trained_samples"]) == (4, 12)
+    assert skipped["tokens"] == every["tokens"]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in grads[0])
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "reinforce_baseline"])
+def test_other_advantage_estimators_train_through_the_trainer(tmp_path, algorithm):
+    trainer = trainer_for(make_config(steps=1, algorithm=algorithm), tmp_path)
+    policy = trainer.policies["solo"]
+    groups = trainer.runner.run(PROBLEMS[:3], 4)
+    rewards = torch.tensor([[episode.totals["solo"] for episode in group] for group in groups])
+    expected = compute_advantages(algorithm, rewards).flatten().tolist()
+    samples = trainer.samples(groups, "solo")
+    assert [s.advantage for s in samples] == pytest.approx(expected)
+    before = snapshot(policy.model)
+    stats = trainer.update(policy, samples)
+    assert stats["trained_samples"] > 0 and stats["grad_norm"] > 0
+    assert changed(policy.model, before)

@@ -190,7 +190,8 @@ def test_episodes_round_trip_through_jsonl(tmp_path):
 
 
 def test_a_new_agent_and_env_in_a_few_lines():
-    """The README's example: a planner/solver/checker env with three agents, registered by name."""
+    """A planner/solver/checker env with three agents registered in Python and played by scripted engines
+    (the README's version of this team runs from its own files in tests/test_extensions.py)."""
 
     @register_agent("checker_demo")
     class Checker(Agent):

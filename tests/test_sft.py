@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -63,7 +64,7 @@ def test_coldstart_is_deterministic_per_seed_and_problem():
     assert build_transcripts(problems, seed=1, handback_prob=0.0)[0]["plan"] == "direct"
 
 
-def test_coldstart_from_gsm8k_steps(shared_data):
+def test_coldstart_from_gsm8k_steps():
     records = build_transcripts(load_problems("gsm8k", limit=60), seed=0)
     assert len(records) >= 55  # items whose steps hold a protocol tag would be skipped, none expected
     for record in records:
@@ -175,13 +176,17 @@ def test_sft_lowers_loss_and_learns_the_long_turn_format(tmp_path):
     problems = synthetic_problems(4, min_steps=1, max_steps=1, seed=5)
     records = build_transcripts(problems, seed=0)
     agent = _tiny_long_agent()
-    config = SFTConfig(lr=1e-2, epochs=50, batch_size=4, max_length=512, warmup_ratio=0.1, save_every=1000)
+    config = SFTConfig(lr=1e-2, epochs=60, batch_size=4, max_length=512, warmup_ratio=0.1, save_every=1000)
     final = run_sft(model, tokenizer, agent, records, config, tmp_path / "sft", seed=0, progress=False)
     log = [json.loads(line) for line in (tmp_path / "sft" / "log.jsonl").read_text().splitlines()]
-    assert [entry["step"] for entry in log] == list(range(1, 51))
+    assert [entry["step"] for entry in log] == list(range(1, config.epochs + 1))
     assert {"step", "loss", "lr", "grad_norm", "tokens", "seconds"} <= set(log[0])
     assert log[-1]["loss"] < log[0]["loss"] / 10
-    assert log[0]["lr"] == 0.0 and max(entry["lr"] for entry in log) == pytest.approx(1e-2)
+    # the RL trainers' schedule: warm-up steps from lr/warmup (not HF's lr 0), peak, cosine to near 0
+    lrs = [entry["lr"] for entry in log]
+    warmup = math.ceil(config.warmup_ratio * config.epochs)
+    assert lrs[:warmup + 1] == pytest.approx([config.lr * (k + 1) / warmup for k in range(warmup)] + [config.lr])
+    assert all(a >= b for a, b in zip(lrs[warmup:], lrs[warmup + 1:])) and lrs[-1] < 1e-4
 
     engine = HFEngine(model, tokenizer, max_batch_size=8)
 

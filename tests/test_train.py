@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from longshort.config import load_config
 from longshort.models import tiny_model
@@ -31,7 +33,11 @@ def _overrides(tiny_dir: Path, out: Path, roles: tuple[str, ...] = ("long", "sho
 
 
 def test_pipeline_runs_every_stage_and_writes_a_summary(tiny_dir, tmp_path):
-    config = load_config("tiny", _overrides(tiny_dir, tmp_path / "run"))
+    # 32 tokens for the long agent: a random model sometimes stops early, so turn lengths differ within
+    # a group and the length reward gives the long agent advantages that are not all 0 (with 8 tokens
+    # every turn is cut at 8, every advantage is 0 and no update would ever run)
+    extra = ["agents.long.sampling.max_new_tokens=32", "rollout.group_size=4", "rollout.problems_per_step=4"]
+    config = load_config("tiny", _overrides(tiny_dir, tmp_path / "run") + extra)
     run = run_pipeline(config)
     for stage in ("data", "sft", "rl", "eval"):
         assert (run / stage / "DONE").is_file()
@@ -40,6 +46,12 @@ def test_pipeline_runs_every_stage_and_writes_a_summary(tiny_dir, tmp_path):
     assert len((run / "rl" / "metrics.jsonl").read_text().splitlines()) == 2
     finals = json.loads((run / "rl" / "final.json").read_text())
     assert set(finals) == {"long", "short"} and stage_models(config, run, "rl") == finals
+    metrics = [json.loads(line) for line in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(m["train/long/trained_samples"] for m in metrics) > 0  # an update really ran
+    assert any(m["train/long/grad_norm"] > 0 for m in metrics)
+    before = load_file(run / "sft" / "long" / "final" / "model.safetensors")
+    after = load_file(Path(finals["long"]) / "model.safetensors")
+    assert any(not torch.equal(before[name], after[name]) for name in before)  # and moved the weights
     table, trend = (run / "summary.md").read_text().split("\n\n", 1)
     assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["base", "sft", "rl"]
     assert [line.split("|")[1].strip() for line in trend.splitlines()[4:]] == ["reward (long)", "reward (short)",

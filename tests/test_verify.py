@@ -102,28 +102,28 @@ NUMERIC_FORMS = [
 GSM8K_LARGE = ["gsm8k-test-00002", "gsm8k-test-00017", "gsm8k-test-00061", "gsm8k-test-00119"]
 
 
-def _answers(shared_data: Path, relative: str) -> dict[str, str]:
-    with open(shared_data / relative) as f:
+def _answers(packaged_data: Path, relative: str) -> dict[str, str]:
+    with open(packaged_data / relative) as f:
         return {row["id"]: row["answer"] for row in map(json.loads, f)}
 
 
-def _numeric_cases(shared_data: Path) -> list[tuple[str, str, bool]]:
+def _numeric_cases(packaged_data: Path) -> list[tuple[str, str, bool]]:
     """Every AIME24 and AMC23 answer in one rewrite (cycling through the forms), plus commas for GSM8K."""
-    golds = {**_answers(shared_data, "benchmarks/aime24.jsonl"), **_answers(shared_data, "benchmarks/amc23.jsonl")}
+    golds = {**_answers(packaged_data, "benchmarks/aime24.jsonl"), **_answers(packaged_data, "benchmarks/amc23.jsonl")}
     cases = []
     for i, (gold_id, gold) in enumerate(sorted(golds.items())):
         template, expected = NUMERIC_FORMS[i % len(NUMERIC_FORMS)]
         n = int(gold)
         cases.append((gold, template.format(N=n, M=n + 1, D=2 * n), expected))
-    gsm = _answers(shared_data, "gsm8k/test.jsonl")
+    gsm = _answers(packaged_data, "gsm8k/test.jsonl")
     for gold_id in GSM8K_LARGE:
         n = int(gsm[gold_id])
         cases += [(gsm[gold_id], f"{n:,}", True), (gsm[gold_id], f"\\${n:,}", True), (gsm[gold_id], f"{n + 1:,}", False)]
     return cases
 
 
-def test_math500_rewrites(shared_data):
-    golds = _answers(shared_data, "benchmarks/math500.jsonl")
+def test_math500_rewrites(packaged_data):
+    golds = _answers(packaged_data, "benchmarks/math500.jsonl")
     failures = []
     for gold_id, pred, expected in MATH500_CASES:
         verdict = grade(_respond(pred), golds[gold_id])
@@ -132,8 +132,8 @@ def test_math500_rewrites(shared_data):
     assert not failures, failures
 
 
-def test_numeric_rewrites(shared_data):
-    cases = _numeric_cases(shared_data)
+def test_numeric_rewrites(packaged_data):
+    cases = _numeric_cases(packaged_data)
     assert len(cases) + len(MATH500_CASES) >= 100
     failures = [(gold, pred, expected) for gold, pred, expected in cases if grade(_respond(pred), gold).correct != expected]
     assert not failures, failures
@@ -180,17 +180,17 @@ def test_extract_answer_fallbacks():
 # ---------------------------------------------------------------------------------------- multiple choice
 
 
-def _gpqa_item(shared_data: Path, item_id: str) -> tuple[list[str], str]:
-    """The options of a real GPQA item (option (1) is the correct one in the file)."""
-    with open(shared_data / "benchmarks/gpqa_diamond.jsonl") as f:
+def _gpqa_item(fixtures: Path, item_id: str) -> tuple[list[str], str]:
+    """The options of a GPQA-layout fixture item (option (1) is the correct one in the file)."""
+    with open(fixtures / "benchmarks/gpqa_diamond.jsonl") as f:
         row = next(r for r in map(json.loads, f) if r["id"] == item_id)
     listing = row["problem"].split("Candidate answer:")[1]
     options = [o.strip().rstrip(",") for o in re.split(r"\(\d\)|,\s*or\s*", listing) if o.strip(" ,\n")]
     return options, row["answer"]
 
 
-def test_multiple_choice_letters(shared_data):
-    options, answer = _gpqa_item(shared_data, "gpqa_diamond-0001")
+def test_multiple_choice_letters(gpqa_fixture):
+    options, answer = _gpqa_item(gpqa_fixture, "gpqa_diamond-0001")
     assert options[0] == answer == "11" and len(options) == 4
     choices = [options[1], options[2], options[0], options[3]]  # the right answer moved to C
     for form in ["C", "(C)", "C)", r"\text{C}", r"\textbf{(C)}", "option C", "(C) 11"]:
@@ -203,8 +203,8 @@ def test_multiple_choice_letters(shared_data):
         grade(_respond("C"), "11", choices=choices)
 
 
-def test_multiple_choice_option_text(shared_data):
-    options, _ = _gpqa_item(shared_data, "gpqa_diamond-0002")
+def test_multiple_choice_option_text(gpqa_fixture):
+    options, _ = _gpqa_item(gpqa_fixture, "gpqa_diamond-0002")
     assert options == ["-0.7", "0.85", "-1.4", "1.65"]
     choices = [options[2], options[1], options[3], options[0]]  # -0.7 is D
     assert grade(_respond("-0.7"), "D", choices=choices).correct
@@ -250,13 +250,13 @@ def test_pathological_answer_is_bounded_off_the_main_thread():
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert result["verdict"] == Verdict(False, PATHOLOGICAL, "timeout")
-    assert 1.0 <= result["elapsed"] < 1.5
+    assert 1.0 <= result["elapsed"] < 10.0  # gave up at its 1 s timeout, not when the job ended
     assert is_equivalent(r"\sqrt{12}", r"2\sqrt{3}") and not is_equivalent(r"\sqrt{13}", r"2\sqrt{3}")
 
 
-def test_concurrent_calls_from_threads(shared_data):
-    golds = _answers(shared_data, "benchmarks/math500.jsonl")
-    cases = [(golds[i], p, e) for i, p, e in MATH500_CASES] + _numeric_cases(shared_data)[:30]
+def test_concurrent_calls_from_threads(packaged_data):
+    golds = _answers(packaged_data, "benchmarks/math500.jsonl")
+    cases = [(golds[i], p, e) for i, p, e in MATH500_CASES] + _numeric_cases(packaged_data)[:30]
     verifier = Verifier(timeout=10.0)
     with ThreadPoolExecutor(max_workers=8) as pool:
         verdicts = list(pool.map(lambda c: verifier.grade(_respond(c[1]), c[0]), cases))
@@ -276,7 +276,7 @@ def test_pool_survives_job_errors_crashes_and_timeouts():
         start = time.perf_counter()
         with pytest.raises(JobTimeout):
             pool.call("time:sleep", (30,), timeout=0.5)
-        assert time.perf_counter() - start < 1.5
+        assert time.perf_counter() - start < 10.0  # returned at its timeout, long before the 30 s job
         assert pool.size == 0
         assert pool.call("math:hypot", (3, 4), timeout=30) == 5.0
     finally:

@@ -16,13 +16,14 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from longshort.errors import UserError
 from longshort.data import Problem
 from longshort.episode import Episode
 
 ERROR = "error"  # the outcome of an episode that raised (engine failure, ungradable gold, ...)
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A records file that holds something other than evaluation records; says how to start over."""
 
 

@@ -36,6 +36,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from longshort.errors import UserError
 from longshort.config import AgentConfig, Config, EnvConfig, SamplingConfig, to_yaml
 from longshort.data import Problem, load_benchmark
 from longshort.engines.base import Engine
@@ -58,7 +59,7 @@ VLLM_GPU_MEMORY = 0.9  # of one GPU, split evenly between the distinct models an
 PROMPT_ROOM = 4096  # tokens of system prompt + question a vLLM context must hold besides an episode's turns
 
 
-class EvalError(RuntimeError):
+class EvalError(UserError, RuntimeError):
     """An evaluation that cannot run as asked; the message is one line and says how to fix it."""
 
 

@@ -31,6 +31,7 @@ depends on thread timing; that changes which random number each request draws an
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import random
@@ -42,7 +43,7 @@ from typing import Mapping, Sequence
 import torch
 
 from longshort.algos import ADVANTAGE_ESTIMATORS, compute_advantages, masked_sum, ppo_clip_loss
-from longshort.config import Config
+from longshort.config import Config, ConfigError
 from longshort.data import Problem
 from longshort.engines.hf import HFEngine
 from longshort.episode import Episode, TrainingSample, save_episodes
@@ -55,6 +56,52 @@ from longshort.trainers.schedule import ProblemStream, Schedule
 
 ModelPair = tuple  # (PreTrainedModel, tokenizer)
 logger = logging.getLogger(__name__)
+
+# Config keys a resumed run may change: they decide where the run writes, how often it logs and
+# checkpoints, and what the other stages do, never what an RL step computes. Everything else under
+# seed, agents, env, rollout, verify, rewards and trainer must match the checkpoint's.
+RESUMABLE_CHANGES = ("trainer.save_every", "trainer.log_every", "rollout.max_batch_size")
+RUN_SECTIONS = ("seed", "agents", "env", "rollout", "verify", "rewards", "trainer")
+
+
+class ResumeMismatch(ConfigError):
+    """A checkpoint made with another training config: resuming it would silently mix two runs."""
+
+
+def run_key(config: Config, problems: Sequence[Problem]) -> dict:
+    """The settings an RL checkpoint belongs to, flattened to dotted keys, plus the training problems.
+
+    Resuming with any other value would not continue the run: LambdaLR restores the old ``trainer.lr``
+    (its ``base_lrs``), another ``trainer.steps`` or ``phase_steps`` moves the cosine horizon mid-run,
+    another ``seed`` reshuffles the problem stream under the old cursor. Allowed to change:
+    ``RESUMABLE_CHANGES`` (``trainer.save_every``, ``trainer.log_every``, ``rollout.max_batch_size``)
+    and every section outside ``RUN_SECTIONS`` (name, output_dir, stages, data, sft, eval, backend).
+    """
+    flat: dict = {}
+
+    def walk(value, prefix: str) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(item, f"{prefix}.{key}" if prefix else str(key))
+        elif prefix not in RESUMABLE_CHANGES:
+            flat[prefix] = value
+
+    settings = dataclasses.asdict(config)
+    walk({section: settings[section] for section in RUN_SECTIONS}, "")
+    flat["train_problems"] = [problem.id for problem in problems]
+    return flat
+
+
+def _differences(saved: dict, current: dict) -> str:
+    keys = sorted(set(saved) | set(current))
+    parts = []
+    for key in keys:
+        if saved.get(key, "<unset>") != current.get(key, "<unset>"):
+            if key == "train_problems":
+                parts.append("the training problems (data/train.jsonl)")
+            else:
+                parts.append(f"{key} ({saved.get(key, '<unset>')!r} -> {current.get(key, '<unset>')!r})")
+    return ", ".join(parts)
 
 
 class GRPOTrainer:
@@ -79,14 +126,17 @@ class GRPOTrainer:
             raise ValueError(f"the embedded trainer generates with the 'hf' engine; got rollout.engine="
                              f"{config.rollout.engine} (use backend.name=openrlhf for vLLM)")
         trainable = tuple(role for role, spec in config.agents.items() if spec.trainable)
-        if not trainable:
-            raise ValueError("no agent is trainable: set agents.<role>.trainable: true for at least one")
         unscored = [role for role in trainable if not config.rewards.weights.get(role)]
-        if unscored:
-            raise ValueError(f"trainable agent(s) {', '.join(unscored)} have no reward terms: "
-                             f"set rewards.weights.<role> (e.g. {unscored[0]}: {{correctness: 1.0}})")
+        for role in unscored:  # its advantages would all be 0: frozen, and said so, rather than "trained"
+            logger.warning("rl: agent '%s' has no reward terms (rewards.weights.%s is empty), so it acts but is "
+                           "not trained; give it terms (e.g. %s: {correctness: 1.0}) to train it", role, role, role)
+        trainable = tuple(role for role in trainable if role not in unscored)
+        if not trainable:
+            raise ValueError("no agent is trainable: set agents.<role>.trainable: true and rewards.weights.<role> "
+                             "for at least one agent")
         self.schedule = Schedule(tc.schedule, trainable, tc.first_agent, tc.phase_steps)
         self.stream = ProblemStream(train_problems, config.seed)
+        self.run_key = run_key(config, train_problems)
 
         held = _own_models(config, dict(models or {}))
         self.engines: dict[str, HFEngine] = {}
@@ -232,7 +282,8 @@ class GRPOTrainer:
                  "trained_next": list(self.schedule.trained(step)) if step < self.config.trainer.steps else [],
                  "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                 "engine_rng": {role: engine.generator.get_state() for role, engine in self.engines.items()}}
+                 "engine_rng": {role: engine.generator.get_state() for role, engine in self.engines.items()},
+                 "run_key": json.dumps(self.run_key, sort_keys=True)}
         torch.save(state, tmp / "trainer_state.pt")
         (tmp / "state.json").write_text(json.dumps(
             {key: state[key] for key in ("step", "data_cursor", "trained_next")}) + "\n")
@@ -248,11 +299,21 @@ class GRPOTrainer:
         return found[-1] if found else None
 
     def resume(self) -> int:
-        """Restore the newest checkpoint, if any; returns the number of RL steps already done."""
+        """Restore the newest checkpoint, if any; returns the number of RL steps already done.
+
+        Raises ``ResumeMismatch`` (one line naming every differing key and the fix) when the checkpoint
+        was made with another training config; see ``run_key`` for what may change."""
         checkpoint = self.latest_checkpoint()
         if checkpoint is None:
             return 0
         state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+        if "run_key" in state:  # checkpoints written before the key existed resume unchecked
+            differs = _differences(json.loads(state["run_key"]), self.run_key)
+            if differs:
+                raise ResumeMismatch(
+                    f"rl: the checkpoint {checkpoint} was made with another training config: {differs}; "
+                    f"put the old values back to resume it, or start a new run (another output_dir, or "
+                    f"delete {self.checkpoint_root})")
         logger.info("rl: resuming from %s (%d of %d steps done)", checkpoint, state["step"], self.config.trainer.steps)
         for role, policy in self.policies.items():
             policy.load(checkpoint / role)

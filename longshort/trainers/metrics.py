@@ -10,7 +10,11 @@ share one vocabulary:
 - ``episode/accuracy`` (verified answers), ``episode/finished`` (ended with a well-formed final
   answer), ``episode/turns``, ``episode/tokens``;
 - ``train/<role>/<name>`` for each agent updated this step: policy_loss, kl, entropy, clip_frac,
-  grad_norm, lr, samples, tokens, adv_abs_mean;
+  logprob_err, grad_norm, lr, samples, trained_samples, tokens, adv_abs_mean. Two denominators:
+  ``policy_loss`` is normalised by ``tokens`` (the action tokens of *all* the agent's samples, as the
+  loss is), while ``clip_frac``, ``entropy``, ``logprob_err`` and ``kl`` are per action token of the
+  ``trained_samples`` only: samples with advantage 0 are not run through the model when there is no
+  KL term (``GRPOTrainer.update``), so nothing is measured on them;
 - ``time/rollout_s``, ``time/update_s``, ``time/step_s``.
 """
 from __future__ import annotations

@@ -47,6 +47,7 @@ from agents.base import vocab_key
 from longshort.config import Config
 from longshort.engines.base import Engine
 from longshort.episode import Episode, Outcome, Turn
+from longshort.extensions import import_extensions
 from longshort.rewards import RewardContext, score_group
 from longshort.rollout import build_agents, build_env_factory  # importing it registers the built-in agents, envs
 from longshort.verify import Verifier
@@ -58,6 +59,7 @@ class BridgeRuntime:
     """What every sample of a phase shares: the agents, the env, the partner engines and the grading."""
 
     def __init__(self, config: Config, role: str, partners: Mapping[str, Engine]):
+        import_extensions(config.imports)  # this worker got the resolved config, not the recipe
         self.agents = build_agents(config)
         if role not in self.agents:
             raise ValueError(f"trained role {role!r} is not an agent of the recipe ({', '.join(self.agents)})")

@@ -48,6 +48,7 @@ from omegaconf import OmegaConf
 
 from longshort.config import Config, ConfigError, load_config, to_yaml
 from longshort.trainers import tracking
+from longshort.extensions import worker_env
 from longshort.trainers.partner import PartnerSpec
 
 OPENRLHF_VERSION = "0.11.2"  # the version whose flags these commands use (tests parse them with it)
@@ -395,7 +396,8 @@ def rl_commands(config: Config) -> list[Command]:
         ])
         bridge = BridgeConfig(phase.role, container, partner_specs(config, phase))
         module = "openrlhf.cli.train_ppo_ray"
-        argv, env_pairs = _launch(config, [_python(config), "-m", module, *flags], {BRIDGE_ENV: bridge.to_json(), **tracking.openrlhf_env(config)})
+        env = {BRIDGE_ENV: bridge.to_json(), **worker_env(config.imports), **tracking.openrlhf_env(config)}
+        argv, env_pairs = _launch(config, [_python(config), "-m", module, *flags], env)
         partners = ", ".join(f"{role} frozen at {path}" for role, path in phase.partners.items())
         commands.append(Command("rl", f"phase {phase.index}: GRPO of the {phase.role} agent for {phase.steps} steps "
                                 f"from {phase.init} ({partners})", argv, env_pairs,

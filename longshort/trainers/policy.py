@@ -16,7 +16,6 @@ the next rollout samples from: there is no weight synchronisation step.
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,18 +28,7 @@ from torch import Tensor
 from longshort.algos import entropy_from_logits
 from longshort.config import TrainerConfig
 from longshort.episode import TrainingSample
-
-
-def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
-    """Learning-rate factor of optimiser step ``step`` (0-based): linear warm-up, then cosine to 0.
-
-    The warm-up starts at ``1/warmup`` rather than 0 (HF's schedule makes its first step a no-op),
-    because a tiny run has few optimiser steps to spare.
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+from longshort.lr_schedule import cosine_schedule, cosine_with_warmup  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -105,9 +93,7 @@ class Policy:
         self.master = ([p.detach().float().clone().requires_grad_(True) for p in self.params] if mixed
                        else self.params)
         self.optimizer = torch.optim.AdamW(self.master, lr=config.lr, weight_decay=0.0)
-        warmup = max(1, math.ceil(config.warmup_ratio * optimizer_steps)) if config.warmup_ratio > 0 else 0
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: cosine_with_warmup(s, optimizer_steps, warmup))
+        self.scheduler = cosine_schedule(self.optimizer, optimizer_steps, config.warmup_ratio)
 
     # ------------------------------------------------------------------ forward
     def logprobs(self, batch: MicroBatch, *, reference: bool = False,
