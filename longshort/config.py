@@ -91,6 +91,9 @@ class DataSourceConfig:
     max_steps: int = _f(3, "Synthetic data: most arithmetic steps per problem.")
     prompt_key: str = _f("problem", "JSONL/Hub field holding the question.")
     answer_key: str = _f("answer", "JSONL/Hub field holding the gold answer.")
+    answer_from: str = _f("field", "JSONL/Hub sources: field keeps answer_key's text as the gold answer; boxed takes "
+                          "the last \\boxed{} in it (MATH's solutions), keeping the text in meta.solution.",
+                          ("field", "boxed"))
 
 
 @dataclass
