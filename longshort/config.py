@@ -238,9 +238,19 @@ class BackendConfig:
     gpus_per_node: int = _f(8, "OpenRLHF: GPUs per node.")
     vllm_num_engines: int = _f(1, "OpenRLHF: vLLM engines serving the trained policy.")
     vllm_tensor_parallel_size: int = _f(1, "OpenRLHF: tensor parallel size of each vLLM engine.")
-    vllm_gpu_memory_utilization: float = _f(0.5, "OpenRLHF: fraction of GPU memory vLLM may take.")
+    vllm_gpu_memory_utilization: float = _f(0.9, "OpenRLHF: fraction of its GPU the policy's vLLM engine may take "
+                                            "(it has GPUs of its own: training is not colocated with it).")
     partner_gpus: int = _f(1, "OpenRLHF: GPUs serving the frozen partner agent.")
     zero_stage: int = _f(2, "OpenRLHF: DeepSpeed ZeRO stage.")
+    gpu_memory_gib: float = _f(80.0, "OpenRLHF: memory of one GPU; the preflight's per-GPU estimate must fit in it.")
+    attn_implementation: str = _f("flash_attention_2", "OpenRLHF: attention of the trained models (--ds.attn_implementation: "
+                                  "flash_attention_2 needs the flash-attn package; sdpa or eager need nothing).")
+    packing: bool = _f(False, "OpenRLHF: pack episodes into token-budgeted micro-batches (--ds.packing_samples "
+                       "--train.dynamic_batch_enable) instead of trainer.micro_batch_size episodes.")
+    max_tokens_per_gpu: Optional[int] = _f(None, "OpenRLHF with packing: tokens per micro-batch and GPU, in training "
+                                           "and for log-probs (None: one longest episode, data.max_len).")
+    shared_dir: Optional[str] = _f(None, "OpenRLHF with ray_address: a filesystem mounted at this same path on every "
+                                   "node and here; output_dir must lie under it (jobs read and write run files there).")
 
 
 @dataclass

@@ -28,7 +28,9 @@ from longshort.sft import run_sft
 console = Console(stderr=True)
 
 FLAGS = {"--restart": "ignore DONE markers (SFT and RL still reuse their checkpoints: delete a stage's folder to retrain)",
-         "--dry-run": "print what would run (for backend.name=openrlhf: every command with its flags) and exit"}
+         "--dry-run": "print what would run and exit; for backend.name=openrlhf a preflight: every command, its flags "
+                      "through OpenRLHF's parsers, the GPU layout, a per-GPU memory estimate, and the data and "
+                      "cold-start stages run for real on a few problems (exit 2 when a check fails)"}
 
 
 def stage_data(config: Config, run: Path) -> None:
@@ -75,9 +77,9 @@ def stage_sft(config: Config, run: Path) -> None:
     problems = _problems(run, "train")[: config.sft.examples]
     paths = COLDSTART.get(config.sft.coldstart)(config, problems, run / "sft" / "coldstart")
     if config.backend.name == "openrlhf":
-        from longshort.trainers import openrlhf_launcher
+        from longshort.trainers.openrlhf import launch
 
-        openrlhf_launcher.run(config, stages=["sft"])
+        launch.run(config, stages=["sft"])
         return
     agents = build_agents(config)
     for role, spec in config.agents.items():
@@ -90,10 +92,10 @@ def stage_sft(config: Config, run: Path) -> None:
 def stage_rl(config: Config, run: Path) -> None:
     """Multi-turn GRPO from the SFT weights; ``rl/final.json`` names each trained agent's final weights."""
     if config.backend.name == "openrlhf":
-        from longshort.trainers import openrlhf_launcher
+        from longshort.trainers.openrlhf import launch
 
-        openrlhf_launcher.run(config, stages=["rl"])
-        finals = openrlhf_launcher.final_checkpoints(config)
+        launch.run(config, stages=["rl"])
+        finals = launch.final_checkpoints(config)
         (run / "rl" / "final.json").write_text(json.dumps({role: str(p) for role, p in finals.items()}) + "\n")
         return
     from longshort.trainers import GRPOTrainer
@@ -183,23 +185,24 @@ def run_pipeline(config: Config, *, restart: bool = False) -> Path:
     return run
 
 
-def dry_run(config: Config) -> None:
+def dry_run(config: Config) -> int:
+    """Embedded: what would run. OpenRLHF: the preflight (``longshort.trainers.openrlhf.preflight``):
+    every command, then everything that needs no GPU checked for real; 2 when a check failed."""
     if config.backend.name == "openrlhf":
-        from longshort.trainers import openrlhf_launcher
+        from longshort.trainers.openrlhf.preflight import run_preflight
 
-        openrlhf_launcher.run(config, dry_run=True)
-        return
+        return run_preflight(config, echo=lambda text: console.print(text, markup=False, highlight=False))
     for name in config.stages:
         done = (Path(config.output_dir) / name / "DONE").exists()
         console.print(f"{name}: {'done, would be skipped' if done else 'would run'} (embedded backend)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     config, invocation = cli.load("longshort.train", argv, FLAGS)
     console.print(to_yaml(config), highlight=False, markup=False)
     if "--dry-run" in invocation.flags:
-        dry_run(config)
-        return 0
+        return dry_run(config)
     run = run_pipeline(config, restart="--restart" in invocation.flags)
     console.print(f"[green]run complete:[/green] {run}")
     return 0
