@@ -163,6 +163,15 @@ def load_model(
     return model, tokenizer
 
 
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer ``load_model`` would load with the model (alias, local directory, .gguf file or Hub id)."""
+    source = _local_source(name_or_path)
+    if source is not None:
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    return AutoTokenizer.from_pretrained(MODEL_ALIASES[name_or_path].hub_id if name_or_path in MODEL_ALIASES
+                                         else name_or_path)
+
+
 def model_key(spec: "ModelConfig") -> tuple:
     """What decides the loaded model of a ``ModelConfig``: specs with equal keys can share one copy."""
     return spec.name_or_path, spec.dtype, spec.device, tuple(spec.add_tokens)

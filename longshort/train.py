@@ -191,7 +191,7 @@ def dry_run(config: Config) -> int:
     if config.backend.name == "openrlhf":
         from longshort.trainers.openrlhf.preflight import run_preflight
 
-        return run_preflight(config, echo=lambda text: console.print(text, markup=False, highlight=False))
+        return run_preflight(config, echo=lambda text: print(text, flush=True))  # unwrapped: tables and commands
     for name in config.stages:
         done = (Path(config.output_dir) / name / "DONE").exists()
         console.print(f"{name}: {'done, would be skipped' if done else 'would run'} (embedded backend)")

@@ -261,3 +261,58 @@ def test_the_recorded_requirements_are_the_index_s(tmp_path):
             pytest.skip(f"no package index access: {result.stderr.strip()[-200:]}")
         [item] = json.loads(report.read_text())["install"]
         assert sorted(item["metadata"].get("requires_dist") or []) == sorted(data["requires"]), name
+
+
+# ----------------------------------------------------------------------------------- the preflight
+
+
+MATH_ROWS = [{"problem": f"What is ${a}+{b}$?", "level": "Level 1", "type": "Algebra",
+              "solution": f"We add. So ${a}+{b}={a + b}$. The answer is $\\boxed{{{a + b}}}$."} for a, b in
+             ((1, 2), (3, 4), (5, 6))]
+
+
+def preflight_config(tmp_path, tiny_dir, *overrides):
+    train = tmp_path / "math_train.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in MATH_ROWS))
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text(json.dumps({"problem": "What is $2+2$?", "answer": "4"}) + "\n")
+    return load_config("qwen7b", [f"data.train.source={train}", f"data.eval.source={held_out}",
+                                  f"output_dir={tmp_path}/run", *overrides])
+
+
+def test_preflight_runs_data_and_cold_start_for_real_and_says_what_stood_in(tmp_path, tiny_dir, monkeypatch):
+    monkeypatch.setattr(preflight, "STAND_IN", str(tiny_dir))  # the tiny random model in SmolLM2's place
+    printed: list[str] = []
+    code = preflight.run_preflight(preflight_config(tmp_path, tiny_dir), problems=2, hub=False, echo=printed.append)
+    out = "\n".join(printed)
+    assert code == 0, out
+    assert "deepspeed --num_gpus 8 --module openrlhf.cli.train_sft" in out  # the plan is still printed
+    assert "actor (short, 6 GPUs)" in out and "published config values kept in longshort" in out
+    assert "[ok] data stage: 2 training problems" in out and "first gold answer '3'" in out  # answer_from: boxed
+    assert f"in place of deepseek-ai/DeepSeek-R1-Distill-Qwen-7B on vllm" in out
+    assert "[ok] OpenRLHF SFT rows:" in out and not (tmp_path / "run" / "data").exists()  # the run is untouched
+    progress = tmp_path / "run" / "preflight" / "sft" / "coldstart" / "synthesis_progress.jsonl"
+    assert len(progress.read_text().splitlines()) == 2  # both problems went through the whole synthesis
+
+
+def test_preflight_fails_with_the_reason_on_the_old_flags(tmp_path, tiny_dir, monkeypatch):
+    monkeypatch.setattr(preflight, "STAND_IN", str(tiny_dir))
+    config = preflight_config(tmp_path, tiny_dir, "trainer.micro_batch_size=16", "backend.packing=false",
+                              "backend.vllm_gpu_memory_utilization=0.5", "sft.coldstart=long_short")
+    printed: list[str] = []
+    assert preflight.run_preflight(config, problems=2, hub=False, echo=printed.append) == 2
+    failed = [line for line in printed if line.startswith("FAILED")]
+    assert failed == [next(line for line in printed if line.startswith("FAILED per-GPU memory"))]
+    assert "actor (short, 6 GPUs) needs ~449 GiB per GPU" in failed[0] and "trainer.micro_batch_size=1" in failed[0]
+
+
+def test_preflight_shows_a_cold_start_that_cannot_be_built(tmp_path, tiny_dir, monkeypatch):
+    """Defect 1 as it was: gold-steps transcripts from rows with neither steps nor a solution."""
+    monkeypatch.setattr(preflight, "STAND_IN", str(tiny_dir))
+    rows = tmp_path / "bare.jsonl"
+    rows.write_text("".join(json.dumps({"problem": f"What is {i}+1?", "answer": str(i + 1)}) + "\n" for i in range(3)))
+    config = preflight_config(tmp_path, tiny_dir, "sft.coldstart=long_short", f"data.train.source={rows}",
+                              "data.train.answer_from=field")
+    printed: list[str] = []
+    assert preflight.run_preflight(config, problems=2, hub=False, echo=printed.append) == 2
+    assert any(line.startswith("FAILED cold start: no cold-start transcripts could be built") for line in printed)

@@ -140,7 +140,7 @@ class SFTData:
 def write_sft_data(config: Config, role: str, tokenizer=None) -> SFTData:
     """Render the agent's cold-start transcripts (``longshort.coldstart`` records) for OpenRLHF's SFT.
 
-    ``tokenizer`` defaults to the agent's model's (the preflight passes a stand-in's). Examples are
+    ``tokenizer`` defaults to the agent's model's. Examples are
     cut at ``sft.max_length - 1`` tokens, so the EOS OpenRLHF appends still fits in ``data.max_len``.
     """
     from longshort.coldstart import load_coldstart
@@ -152,9 +152,9 @@ def write_sft_data(config: Config, role: str, tokenizer=None) -> SFTData:
         raise ConfigError(f"no cold-start transcripts for the {role} agent at {source} "
                           "(the sft stage's cold-start builder writes them before SFT)")
     if tokenizer is None:
-        from transformers import AutoTokenizer
+        from longshort.models import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(config.agents[role].model.name_or_path)
+        tokenizer = load_tokenizer(config.agents[role].model.name_or_path)
     max_len = config.sft.max_length
     examples = build_examples(build_agents(config)[role], load_coldstart(source, role), tokenizer, max_len - 1)
     target = run_dir(config) / "sft" / "openrlhf" / f"{role}.jsonl"
