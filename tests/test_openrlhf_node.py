@@ -3,7 +3,6 @@ from inside OpenRLHF's placement group, the memory fits, the flags train what th
 rows are the embedded examples' tokens, the extra's pins resolve together, and the preflight."""
 from __future__ import annotations
 
-import asyncio
 import configparser
 import json
 import subprocess
@@ -289,7 +288,7 @@ def test_preflight_runs_data_and_cold_start_for_real_and_says_what_stood_in(tmp_
     assert "deepspeed --num_gpus 8 --module openrlhf.cli.train_sft" in out  # the plan is still printed
     assert "actor (short, 6 GPUs)" in out and "published config values kept in longshort" in out
     assert "[ok] data stage: 2 training problems" in out and "first gold answer '3'" in out  # answer_from: boxed
-    assert f"in place of deepseek-ai/DeepSeek-R1-Distill-Qwen-7B on vllm" in out
+    assert "in place of deepseek-ai/DeepSeek-R1-Distill-Qwen-7B on vllm" in out
     assert "[ok] OpenRLHF SFT rows:" in out and not (tmp_path / "run" / "data").exists()  # the run is untouched
     progress = tmp_path / "run" / "preflight" / "sft" / "coldstart" / "synthesis_progress.jsonl"
     assert len(progress.read_text().splitlines()) == 2  # both problems went through the whole synthesis

@@ -171,7 +171,7 @@ async def _steps(problem: Problem, ctx: _Context) -> tuple[list[Step] | None, st
                               max_new_tokens=settings.chain_tokens)
     [chain] = await generate_chains(ctx.engine, [problem], sampling, ctx.fmt)
     info = {"chain": "teacher", "chain_tokens": len(chain.ids), "closed": chain.closed}
-    steps = [s for s in ctx.segmenter.segment(chain.ids)]
+    steps = ctx.segmenter.segment(chain.ids)
     if not any(s.text.strip() for s in steps):
         return None, "empty_chain", info
     return steps, None, info
