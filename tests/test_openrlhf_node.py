@@ -15,7 +15,7 @@ import pytest
 from longshort.config import ConfigError, load_config
 from longshort.engines.base import SamplingParams
 from longshort.models import tiny_model
-from longshort.trainers.openrlhf import commands, launch, memory, preflight
+from longshort.trainers.openrlhf import commands, launch, memory, preflight, sft_main
 from longshort.trainers.openrlhf.partner import PartnerSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,6 +153,7 @@ def test_sft_rows_survive_a_cleaning_tokenizer_and_the_length_cap(tmp_path, tiny
 
     from longshort.rollout import build_agents
     from longshort.sft import build_examples
+    from longshort.trainers.openrlhf.sft_main import ExactTokenizer
 
     cleaning = tmp_path / "cleaning"
     AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(cleaning)
@@ -173,9 +174,11 @@ def test_sft_rows_survive_a_cleaning_tokenizer_and_the_length_cap(tmp_path, tiny
     commands.coldstart_path(config, "short").write_text(json.dumps(record) + "\n")
     data = launch.write_sft_data(config, "short")
 
+    rows = [json.loads(line) for line in data.path.read_text().splitlines()]
     args = SimpleNamespace(data=SimpleNamespace(input_key="input", output_key="output", apply_chat_template=False))
-    dataset = SFTDataset(datasets.load_dataset("json", data_files=str(data.path), split="train"), tok,
-                         config.sft.max_length, SimpleNamespace(args=args), input_template="", num_processors=1)
+    dataset = SFTDataset(datasets.load_dataset("json", data_files=str(data.path), split="train"),
+                         ExactTokenizer.from_rows(tok, rows), config.sft.max_length, SimpleNamespace(args=args),
+                         input_template="", num_processors=1)
     [capped] = build_examples(agent, [record], tok, config.sft.max_length - 1)
     assert (len(dataset), data.dropped) == (1, 0)
     input_ids, _, loss_mask = dataset[0]
@@ -184,21 +187,48 @@ def test_sft_rows_survive_a_cleaning_tokenizer_and_the_length_cap(tmp_path, tiny
     assert ids[:-1] == capped.input_ids  # every own token as the embedded SFT has it, the last one included
     trained = [i + 1 for i, m in enumerate(mask[:-1]) if m][:-1]  # without the EOS
     assert trained == [i for i, m in enumerate(capped.loss_mask) if m]
+    assert "," in rows[0]["input"] and " ," in rows[0]["input"]  # decoded as the ids say, not cleaned up
 
 
-def test_rows_that_do_not_re_tokenize_are_left_out_and_counted():
-    class Merging:  # a tokenizer whose encode of the decoded text merges across the turn boundary
-        eos_token, eos_token_id = "</s>", 0
+class Merging:
+    """A tokenizer whose encoding of a decoded text merges the first two ids (a merge across a turn boundary)."""
 
-        def decode(self, ids, **kwargs):
-            return "".join(chr(96 + i) for i in ids)
+    eos_token, eos_token_id = "</s>", 0
 
-        def __call__(self, text, **kwargs):
-            return {"input_ids": [99 if text.startswith("ab") else 1] + [ord(c) - 96 for c in text[2:]]}
+    def decode(self, ids, **kwargs):
+        return "".join(chr(96 + i) for i in ids)
 
-    example = SimpleNamespace(input_ids=[1, 2, 3], loss_mask=[0, 1, 1])
-    rows, dropped = launch.openrlhf_sft_rows(example, Merging(), max_len=16)
-    assert (rows, dropped) == ([], 1)
+    def __call__(self, text, **kwargs):
+        return {"input_ids": [99 if text.startswith("ab") else 1] + [ord(c) - 96 for c in text[2:]]}
+
+
+def test_rows_carry_their_ids_and_openrlhf_gets_them_back_through_sft_main(monkeypatch, tmp_path):
+    example = SimpleNamespace(input_ids=[1, 2, 3, 4], loss_mask=[0, 0, 1, 1])
+    [row], dropped = launch.openrlhf_sft_rows(example, Merging(), max_len=16)
+    assert dropped == 0 and row["input_ids"] == [1, 2] and row["ids"] == [1, 2, 3, 4, 0]
+    assert not launch.retokenizes(row, Merging())  # plain OpenRLHF would train shifted tokens
+    wrapped = sft_main.ExactTokenizer.from_rows(Merging(), [row])
+    assert wrapped(row["input"])["input_ids"] == [1, 2]
+    assert wrapped((row["input"] + row["output"]).rstrip("\n"), return_tensors="pt")["input_ids"].tolist() == [row["ids"]]
+    assert wrapped("abz")["input_ids"] == [99, 26] and wrapped.eos_token == "</s>"  # other texts: the real one
+    assert launch.openrlhf_sft_rows(example, Merging(), max_len=4) == ([], 1)  # 4 ids + EOS do not fit
+
+    # the SFT command runs OpenRLHF's train_sft through sft_main, whose get_tokenizer wraps the real one
+    pytest.importorskip("openrlhf", reason=NO_OPENRLHF)
+    import openrlhf.utils
+    import runpy
+
+    sft = next(c for c in commands.plan(load_config("qwen7b")) if c.module == "openrlhf.cli.train_sft")
+    assert sft.argv[sft.argv.index("--module") + 1] == "longshort.trainers.openrlhf.sft_main"
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps(row) + "\n")
+    ran = []
+    monkeypatch.setattr(runpy, "run_module", lambda name, **kw: ran.append((name, openrlhf.utils.get_tokenizer)))
+    monkeypatch.setattr(openrlhf.utils, "get_tokenizer", lambda *a, **k: Merging())
+    monkeypatch.setattr(sys, "argv", ["sft_main", "--data.dataset", str(rows)])
+    sft_main.main()
+    [(name, get_tokenizer)] = ran
+    assert name == "openrlhf.cli.train_sft" and get_tokenizer("model", None)(row["input"])["input_ids"] == [1, 2]
 
 
 # ----------------------------------------------------------------------------------- defect 8: the extra's pins
@@ -285,7 +315,7 @@ def test_preflight_runs_data_and_cold_start_for_real_and_says_what_stood_in(tmp_
     code = preflight.run_preflight(preflight_config(tmp_path, tiny_dir), problems=2, hub=False, echo=printed.append)
     out = "\n".join(printed)
     assert code == 0, out
-    assert "deepspeed --num_gpus 8 --module openrlhf.cli.train_sft" in out  # the plan is still printed
+    assert "deepspeed --num_gpus 8 --module longshort.trainers.openrlhf.sft_main" in out  # the plan is printed
     assert "actor (short, 6 GPUs)" in out and "published config values kept in longshort" in out
     assert "[ok] data stage: 2 training problems" in out and "first gold answer '3'" in out  # answer_from: boxed
     assert "in place of deepseek-ai/DeepSeek-R1-Distill-Qwen-7B on vllm" in out

@@ -1,8 +1,8 @@
 """The Long-Short pipeline rendered as OpenRLHF 0.11.x commands (``plan``), in order:
 
 1. cold-start SFT of every agent: a small conversion step (its cold-start transcripts rendered as
-   the exact text the agent sees, one row per own turn: ``launch.write_sft_data``), then
-   ``deepspeed --module openrlhf.cli.train_sft``;
+   the exact text and token ids the agent sees, one row per own turn: ``launch.write_sft_data``), then
+   ``deepspeed --module longshort.trainers.openrlhf.sft_main``: ``openrlhf.cli.train_sft`` on those ids;
 2. alternating RL phases: a step that writes the phase's slice of the training problems, then
    ``python -m openrlhf.cli.train_ppo_ray`` training one agent with GRPO while the other agent's
    current checkpoint is served frozen (``partner``). Our env, agents and reward terms run inside
@@ -350,9 +350,9 @@ def sft_commands(config: Config) -> list[Command]:
         # The examples are already the exact text the agent sees; an empty template keeps OpenRLHF
         # from wrapping them in its default "User: {}\nAssistant: ".
         flags += ("--data.input_template", "")
-        module = "openrlhf.cli.train_sft"
-        argv, env = _launch(config, ["deepspeed", "--num_gpus", str(gpus), "--module", module, *flags], {},
-                            entrypoint_gpus=gpus)
+        module = "openrlhf.cli.train_sft"  # run through sft_main, which feeds it our exact token ids
+        argv, env = _launch(config, ["deepspeed", "--num_gpus", str(gpus), "--module",
+                                     "longshort.trainers.openrlhf.sft_main", *flags], {}, entrypoint_gpus=gpus)
         commands.append(Command("sft", f"cold-start SFT of the {role} agent", argv, env,
                                 str(folder / "DONE"), module, flags))
     return commands

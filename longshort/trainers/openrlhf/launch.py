@@ -87,9 +87,9 @@ def write_phase_prompts(config: Config, phase_index: int) -> Path:
     return target
 
 
-def openrlhf_sft_rows(example, tokenizer, max_len: int) -> tuple[list[dict[str, str]], int]:
+def openrlhf_sft_rows(example, tokenizer, max_len: int) -> tuple[list[dict], int]:
     """One embedded SFT example (``longshort.sft.build_examples``) as OpenRLHF SFT rows, one per own
-    turn, and how many turns had to be left out.
+    turn, and how many turns had to be left out (too long for ``max_len`` with their EOS).
 
     OpenRLHF's SFT trains one response per row after a plain-text prompt (its multi-turn mode would
     re-render chat messages, and our turns live inside one assistant message). A causal LM's loss on
@@ -99,49 +99,55 @@ def openrlhf_sft_rows(example, tokenizer, max_len: int) -> tuple[list[dict[str, 
     avoids its `` <eos>`` with a space); the embedded SFT trains no EOS, since our engines end a turn
     at its closing tag.
 
-    OpenRLHF re-tokenizes the texts (``openrlhf.datasets.SFTDataset``: the prompt alone for the loss
-    mask, ``prompt + response`` for the ids, truncated at ``max_len`` with the last id overwritten by
-    EOS). Texts are decoded without ``clean_up_tokenization_spaces`` (Llama-3.1's tokenizer sets it,
-    and it rewrites `` .`` as ``.``), and each row is checked by re-tokenizing it exactly as OpenRLHF
-    will: a row whose prompt or whole text does not give back our ids (a merge across the turn
-    boundary), or that would not fit in ``max_len`` with its EOS, is left out and counted, never
-    trained on shifted tokens.
+    Each row carries its ids (``input_ids``: the prompt's, ``ids``: the whole row's with the EOS), and
+    ``sft_main`` makes OpenRLHF's ``SFTDataset`` tokenize the row's two texts into exactly those: a
+    text of several turns re-tokenized as one string differs wherever the tokenizer merges across a
+    turn boundary. Texts are decoded without ``clean_up_tokenization_spaces`` (Llama-3.1's tokenizer
+    sets it; it rewrites `` .`` as ``.``), so they stay the ids' own text. A row of ``max_len`` tokens
+    or more would lose its last own token to OpenRLHF's EOS: left out (``build_examples`` at
+    ``max_len - 1`` prevents it).
     """
     ids, mask, rows, dropped, start = list(example.input_ids), example.loss_mask, [], 0, None
-
-    def encode(text: str) -> list[int]:
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
     for index, own in enumerate([*mask, 0]):
         if own and start is None:
             start = index
         elif not own and start is not None:
-            prompt = tokenizer.decode(ids[:start], clean_up_tokenization_spaces=False)
-            output = tokenizer.decode(ids[start:index], clean_up_tokenization_spaces=False) + tokenizer.eos_token
-            exact = (encode(prompt) == ids[:start]
-                     and encode((prompt + output).rstrip("\n")) == ids[:index] + [tokenizer.eos_token_id])
-            if exact and index + 1 <= max_len:
-                rows.append({"input": prompt, "output": output})
+            if index + 1 <= max_len:
+                rows.append({"input": tokenizer.decode(ids[:start], clean_up_tokenization_spaces=False),
+                             "output": tokenizer.decode(ids[start:index], clean_up_tokenization_spaces=False)
+                             + tokenizer.eos_token,
+                             "input_ids": ids[:start], "ids": ids[:index] + [tokenizer.eos_token_id]})
             else:
                 dropped += 1
             start = None
     return rows, dropped
 
 
+def retokenizes(row: dict, tokenizer) -> bool:
+    """Whether plain OpenRLHF (no ``sft_main``) would get this row's ids back from its texts."""
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return encode(row["input"]) == row["input_ids"] and encode((row["input"] + row["output"]).rstrip("\n")) == row["ids"]
+
+
 @dataclass(frozen=True)
 class SFTData:
-    """What ``write_sft_data`` wrote: the OpenRLHF rows of an agent, and the turns it had to leave out."""
+    """What ``write_sft_data`` wrote: the OpenRLHF rows of an agent, the turns left out, and how many rows
+    plain re-tokenization would have shifted (``merged``: trained exactly only through ``sft_main``)."""
 
     path: Path
     rows: int
     dropped: int
+    merged: int
 
 
 def write_sft_data(config: Config, role: str, tokenizer=None) -> SFTData:
     """Render the agent's cold-start transcripts (``longshort.coldstart`` records) for OpenRLHF's SFT.
 
-    ``tokenizer`` defaults to the agent's model's. Examples are
-    cut at ``sft.max_length - 1`` tokens, so the EOS OpenRLHF appends still fits in ``data.max_len``.
+    ``tokenizer`` defaults to the agent's model's. Examples are cut at ``sft.max_length - 1`` tokens,
+    so the EOS OpenRLHF appends still fits in ``data.max_len``. A row whose texts equal an earlier
+    row's but whose ids do not (the id map is keyed by text) is left out and counted.
     """
     from longshort.coldstart import load_coldstart
     from longshort.rollout import build_agents
@@ -159,21 +165,28 @@ def write_sft_data(config: Config, role: str, tokenizer=None) -> SFTData:
     examples = build_examples(build_agents(config)[role], load_coldstart(source, role), tokenizer, max_len - 1)
     target = run_dir(config) / "sft" / "openrlhf" / f"{role}.jsonl"
     target.parent.mkdir(parents=True, exist_ok=True)
-    written = dropped = 0
+    known: dict[str, list[int]] = {}
+    written = dropped = merged = 0
     with target.open("w", encoding="utf-8") as out:
         for example in examples:
-            rows, left_out = openrlhf_sft_rows(example, tokenizer, max_len)
-            dropped += left_out
-            written += len(rows)
+            rows, too_long = openrlhf_sft_rows(example, tokenizer, max_len)
+            dropped += too_long
             for row in rows:
+                texts = {row["input"]: row["input_ids"], (row["input"] + row["output"]).rstrip("\n"): row["ids"]}
+                if any(known.get(text, ids) != ids for text, ids in texts.items()):
+                    dropped += 1
+                    continue
+                known.update(texts)
+                merged += not retokenizes(row, tokenizer)
+                written += 1
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    if dropped:
-        logger.warning("sft data (%s): left out %d of %d turns whose text does not re-tokenize to the same ids "
-                       "(or does not fit data.max_len with its EOS)", role, dropped, written + dropped)
+    if merged:
+        logger.info("sft data (%s): %d of %d rows re-tokenize differently as one text (merges across turn "
+                    "boundaries); sft_main gives OpenRLHF their exact ids", role, merged, written)
     if not written:
-        raise ConfigError(f"none of the {role} agent's {dropped} cold-start turns survive re-tokenization by "
-                          f"{type(tokenizer).__name__}: check the tokenizer (clean_up_tokenization_spaces, merges)")
-    return SFTData(target, written, dropped)
+        raise ConfigError(f"no SFT rows for the {role} agent: all {dropped} turns were too long for sft.max_length="
+                          f"{max_len} or collided with another row's text")
+    return SFTData(target, written, dropped, merged)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         if args.step == "sft-data":
             data = write_sft_data(config, args.role)
-            print(f"{data.path}: {data.rows} rows, {data.dropped} turns left out")
+            print(f"{data.path}: {data.rows} rows ({data.merged} re-tokenize differently as one text: trained on "
+                  f"their exact ids), {data.dropped} turns left out")
         else:
             print(write_phase_prompts(config, args.phase))
     except ConfigError as error:

@@ -349,26 +349,49 @@ def _rows_from_gold_steps(sliced: Config, train, stand_in: bool) -> Check:
 
 
 def sft_rows_check(sliced: Config, stand_in: bool) -> Check:
-    """Render the slice's SFT rows and re-tokenize them as OpenRLHF will. With a stand-in's tokenizer
-    the rows that do not survive say nothing certain about the agents' own tokenizer: not checked."""
+    """Render the slice's SFT rows, and feed them to OpenRLHF's own ``SFTDataset`` through ``sft_main``'s
+    tokenizer when openrlhf is installed: every row must come back as its ids, its loss on its own turn."""
     from longshort.trainers.openrlhf.launch import write_sft_data
 
-    reports, problems = {}, []
-    for role in sliced.agents:
-        try:
-            reports[role] = write_sft_data(sliced, role)
-        except (ConfigError, OSError, ValueError) as error:
-            problems.append(f"{role}: {error}")
-    detail = ", ".join(f"{role}: {data.rows} rows, {data.dropped} turns left out (re-tokenization differs)"
-                       for role, data in reports.items())
-    lost = problems or any(data.dropped for data in reports.values())
-    if lost and stand_in:
-        return Check("OpenRLHF SFT rows", "not checked", "; ".join([detail, *problems]).strip("; ") +
-                     f" with the stand-in's tokenizer ({STAND_IN}); the agents' own tokenizer is not at hand: the "
-                     "node's sft-data step prints its count before SFT starts")
-    if problems:
-        return Check("OpenRLHF SFT rows", "failed", "; ".join(problems))
-    return Check("OpenRLHF SFT rows", "ok", detail + (f" (tokenizer of the stand-in {STAND_IN})" if stand_in else ""))
+    try:
+        written = {role: write_sft_data(sliced, role) for role in sliced.agents}
+    except (ConfigError, OSError, ValueError) as error:
+        return Check("OpenRLHF SFT rows", "failed", str(error))
+    detail = ", ".join(f"{role}: {data.rows} rows ({data.merged} re-tokenize differently as one text), "
+                       f"{data.dropped} turns left out" for role, data in written.items())
+    detail += f" (tokenizer of the stand-in {STAND_IN})" if stand_in else ""
+    if importlib.util.find_spec("openrlhf") is None:
+        return Check("OpenRLHF SFT rows", "ok", detail + "; not fed to OpenRLHF's SFTDataset (not installed)")
+    for role, data in written.items():
+        problem = _through_openrlhf(sliced, role, data.path)
+        if problem:
+            return Check("OpenRLHF SFT rows", "failed", f"{role}: {problem}")
+    return Check("OpenRLHF SFT rows", "ok", detail + "; OpenRLHF's SFTDataset gets every row's exact ids")
+
+
+def _through_openrlhf(sliced: Config, role: str, path: Path) -> str | None:
+    """What OpenRLHF's SFTDataset makes of the rows (through ``sft_main``'s tokenizer); None when exact."""
+    import json
+
+    import datasets
+    from openrlhf.datasets import SFTDataset
+
+    from longshort.models import load_tokenizer
+    from longshort.trainers.openrlhf.sft_main import ExactTokenizer
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    tokenizer = ExactTokenizer.from_rows(load_tokenizer(sliced.agents[role].model.name_or_path), rows)
+    args = SimpleNamespace(data=SimpleNamespace(input_key="input", output_key="output", apply_chat_template=False))
+    dataset = SFTDataset(datasets.load_dataset("json", data_files=str(path), split="train"), tokenizer,
+                         sliced.sft.max_length, SimpleNamespace(args=args), input_template="", num_processors=1)
+    if len(dataset) != len(rows):
+        return f"OpenRLHF's SFTDataset kept {len(dataset)} of {len(rows)} rows"
+    for index, row in enumerate(rows):
+        ids, _, mask = dataset[index]
+        trained = [i + 1 for i, m in enumerate(mask[0].tolist()[:-1]) if m]
+        if ids[0].tolist() != row["ids"] or trained != list(range(len(row["input_ids"]), len(row["ids"]))):
+            return f"row {index + 1} of {path} reaches OpenRLHF with other ids or loss positions"
+    return None
 
 
 # ------------------------------------------------------------------------------------------- the whole preflight
