@@ -6,6 +6,7 @@
 - ``preflight``: what ``python -m longshort.train ... --dry-run`` checks on a CPU (data and cold start
   for real on a slice, every command through OpenRLHF's parsers, memory, layout);
 - ``launch``: running the plan and its preparation steps (SFT rows, phase prompts);
+- ``sft_main``: OpenRLHF's SFT entry point run on our exact token ids;
 - ``bridge``: the ``--train.agent_func_path`` file (our env and agents inside OpenRLHF's executor);
 - ``partner``: the frozen partner agent served by Ray actors.
 
