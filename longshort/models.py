@@ -26,7 +26,6 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    GgufConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -279,9 +278,14 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        try:
+            from transformers import GgufConfig
+
+            dequantize = {"quantization_config": GgufConfig(dequantize=True)}
+        except ImportError:  # older transformers (the [openrlhf] extra's 5.15.0) dequantise GGUF files on load
+            dequantize = {}
         model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, local_files_only=True,
-            quantization_config=GgufConfig(dequantize=True), dtype=torch.bfloat16,
+            gguf.parent, gguf_file=gguf.name, local_files_only=True, dtype=torch.bfloat16, **dequantize,
         )
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
