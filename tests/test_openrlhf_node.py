@@ -345,3 +345,19 @@ def test_preflight_shows_a_cold_start_that_cannot_be_built(tmp_path, tiny_dir, m
     printed: list[str] = []
     assert preflight.run_preflight(config, problems=2, hub=False, echo=printed.append) == 2
     assert any(line.startswith("FAILED cold start: no cold-start transcripts could be built") for line in printed)
+
+
+def test_preflight_says_when_the_data_is_out_of_reach(tmp_path, tiny_dir, monkeypatch):
+    import longshort.train
+    from longshort.data import DataError
+
+    def offline(config, run):
+        try:
+            raise ConnectionError("Couldn't reach 'DigitalLearningGmbH/MATH-lighteval' on the Hub")
+        except ConnectionError as error:
+            raise DataError("loading failed") from error
+
+    monkeypatch.setattr(longshort.train, "stage_data", offline)
+    checks = preflight.data_and_coldstart_checks(preflight_config(tmp_path, tiny_dir), problems=2)
+    assert [c.status for c in checks] == ["not checked"] * 3
+    assert "pass data.train.source=<a local JSONL in the same layout>" in checks[0].detail

@@ -290,6 +290,11 @@ def data_and_coldstart_checks(config: Config, problems: int = PREFLIGHT_PROBLEMS
     try:
         stage_data(sliced, run)
     except (DataError, OSError, ImportError, ValueError) as error:
+        if _unreachable(error):
+            return [Check("data stage", "not checked", f"the data is not at hand here ({_first_line(error)}): pass "
+                          "data.train.source=<a local JSONL in the same layout> (and data.eval.source, or set "
+                          "LONGSHORT_DATA_DIR) to check on a slice"),
+                    Check("cold start", "not checked", "no data"), Check("OpenRLHF SFT rows", "not checked", "no data")]
         return [Check("data stage", "failed", f"{type(error).__name__}: {error}"),
                 Check("cold start", "not checked", "the data stage failed"),
                 Check("OpenRLHF SFT rows", "not checked", "the data stage failed")]
@@ -322,6 +327,19 @@ def data_and_coldstart_checks(config: Config, problems: int = PREFLIGHT_PROBLEMS
     checks.append(Check("cold start", "ok", f"{builder}: {kept}{summary}" + ("; " + "; ".join(notes) if notes else "")))
     checks.append(sft_rows_check(sliced, stand_in=any(note.startswith("agent") for note in notes)))
     return checks
+
+
+def _unreachable(error: BaseException) -> bool:
+    """A Hub data set or the datasets package out of reach (no network, no install), not a bad row."""
+    while error is not None:
+        if isinstance(error, (ConnectionError, ImportError)) or "Couldn't reach" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
 
 
 def _summary(folder: Path) -> str:
