@@ -72,8 +72,8 @@ def stage_models(config: Config, run: Path, stage: str) -> dict[str, str]:
 
 
 def stage_sft(config: Config, run: Path) -> None:
-    """Cold-start data from the training problems' gold steps (the ``sft.coldstart`` builder), then SFT
-    of each agent in its style."""
+    """Cold-start transcripts from the training problems (the ``sft.coldstart`` builder: a teacher's scored
+    thoughts, gold steps, or [SKIP]-pruned chains), then SFT of each agent in its style."""
     problems = _problems(run, "train")[: config.sft.examples]
     paths = COLDSTART.get(config.sft.coldstart)(config, problems, run / "sft" / "coldstart")
     if config.backend.name == "openrlhf":
