@@ -15,7 +15,7 @@ on a rented node; what could not be checked is said, never passed over:
 6. the SFT rows OpenRLHF will train on, rendered and re-tokenized (with the stand-in's tokenizer when
    the agents' is not at hand).
 
-The slice runs in ``<output_dir>/preflight`` and never touches the run's own files.
+The slice runs in ``<output_dir>/preflight`` (emptied first) and never touches the run's own files.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import contextlib
 import copy
 import importlib.util
 import io
+import shutil
 import sys
 import traceback
 from dataclasses import dataclass
@@ -286,6 +287,7 @@ def data_and_coldstart_checks(config: Config, problems: int = PREFLIGHT_PROBLEMS
 
     sliced, notes = slice_config(config, problems)
     run = Path(sliced.output_dir)
+    shutil.rmtree(run, ignore_errors=True)  # every preflight starts fresh: no resumed slice of other settings
     checks = []
     try:
         stage_data(sliced, run)
