@@ -148,3 +148,15 @@ def test_smollm2_teacher_on_synthetic_problems(tmp_path):
     assert scored and all(0 <= s <= a <= 1 for row in scored for s, a in zip(row["scores"], row["accuracy"]))
     if paths is not None:
         assert all(r["turns"][-1]["text"].endswith("</answer>") for r in load_coldstart(paths["short"]))
+
+
+def test_a_chat_template_that_opens_the_thinking_is_not_opened_twice():
+    """DeepSeek-R1-Distill's template ends the generation prompt with "<think>\\n" itself."""
+    from longshort.analysis.chains import R1_FORMAT
+
+    plain, r1 = tiny_tokenizer(), tiny_tokenizer()
+    r1.chat_template = plain.chat_template.replace("<|im_start|>assistant\n", "<|im_start|>assistant\n<think>\n")
+    assert r1.chat_template != plain.chat_template
+    for tok in (plain, r1):
+        text = tok.decode(R1_FORMAT.thinking_prompt_ids(tok, "What is 2+2?"))
+        assert text.count("<think>") == 1 and text.endswith("<think>\n")
