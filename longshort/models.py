@@ -26,7 +26,6 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    GgufConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -164,6 +163,15 @@ def load_model(
     return model, tokenizer
 
 
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer ``load_model`` would load with the model (alias, local directory, .gguf file or Hub id)."""
+    source = _local_source(name_or_path)
+    if source is not None:
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    return AutoTokenizer.from_pretrained(MODEL_ALIASES[name_or_path].hub_id if name_or_path in MODEL_ALIASES
+                                         else name_or_path)
+
+
 def model_key(spec: "ModelConfig") -> tuple:
     """What decides the loaded model of a ``ModelConfig``: specs with equal keys can share one copy."""
     return spec.name_or_path, spec.dtype, spec.device, tuple(spec.add_tokens)
@@ -271,9 +279,14 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        try:
+            from transformers import GgufConfig
+
+            dequantize = {"quantization_config": GgufConfig(dequantize=True)}
+        except ImportError:  # older transformers (the [openrlhf] extra's 5.15.0) dequantise GGUF files on load
+            dequantize = {}
         model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, local_files_only=True,
-            quantization_config=GgufConfig(dequantize=True), dtype=torch.bfloat16,
+            gguf.parent, gguf_file=gguf.name, local_files_only=True, dtype=torch.bfloat16, **dequantize,
         )
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -27,7 +27,9 @@ from longshort.report import report_after_run
 console = Console(stderr=True)
 
 FLAGS = {"--restart": "ignore DONE markers (SFT and RL still reuse their checkpoints: delete a stage's folder to retrain)",
-         "--dry-run": "print what would run (for backend.name=openrlhf: every command with its flags) and exit"}
+         "--dry-run": "print what would run and exit; for backend.name=openrlhf a preflight: every command, its flags "
+                      "through OpenRLHF's parsers, the GPU layout, a per-GPU memory estimate, and the data and "
+                      "cold-start stages run for real on a few problems (exit 2 when a check fails)"}
 
 
 def stage_data(config: Config, run: Path) -> None:
@@ -78,8 +80,8 @@ def stage_models(config: Config, run: Path, stage: str) -> dict[str, str]:
 
 
 def stage_sft(config: Config, run: Path) -> None:
-    """Cold-start data from the training problems' gold steps (the ``sft.coldstart`` builder), then SFT
-    of each agent in its style."""
+    """Cold-start transcripts from the training problems (the ``sft.coldstart`` builder: a teacher's scored
+    thoughts, gold steps, or [SKIP]-pruned chains), then SFT of each agent in its style."""
     from longshort.coldstart import load_coldstart
     from longshort.models import load_configured
     from longshort.registry import COLDSTART
@@ -89,9 +91,9 @@ def stage_sft(config: Config, run: Path) -> None:
     problems = _problems(run, "train")[: config.sft.examples]
     paths = COLDSTART.get(config.sft.coldstart)(config, problems, run / "sft" / "coldstart")
     if config.backend.name == "openrlhf":
-        from longshort.trainers import openrlhf_launcher
+        from longshort.trainers.openrlhf import launch
 
-        openrlhf_launcher.run(config, stages=["sft"])
+        launch.run(config, stages=["sft"])
         return
     agents = build_agents(config)
     for role, spec in config.agents.items():
@@ -108,10 +110,10 @@ def stage_sft(config: Config, run: Path) -> None:
 def stage_rl(config: Config, run: Path) -> None:
     """Multi-turn GRPO from the SFT weights; ``rl/final.json`` names each trained agent's final weights."""
     if config.backend.name == "openrlhf":
-        from longshort.trainers import openrlhf_launcher
+        from longshort.trainers.openrlhf import launch
 
-        openrlhf_launcher.run(config, stages=["rl"])
-        finals = openrlhf_launcher.final_checkpoints(config)
+        launch.run(config, stages=["rl"])
+        finals = launch.final_checkpoints(config)
         (run / "rl" / "final.json").write_text(json.dumps({role: str(p) for role, p in finals.items()}) + "\n")
         return
     from longshort.models import load_configured
@@ -203,15 +205,17 @@ def run_pipeline(config: Config, *, restart: bool = False) -> Path:
     return run
 
 
-def dry_run(config: Config) -> None:
+def dry_run(config: Config) -> int:
+    """Embedded: what would run. OpenRLHF: the preflight (``longshort.trainers.openrlhf.preflight``):
+    every command, then everything that needs no GPU checked for real; 2 when a check failed."""
     if config.backend.name == "openrlhf":
-        from longshort.trainers import openrlhf_launcher
+        from longshort.trainers.openrlhf.preflight import run_preflight
 
-        openrlhf_launcher.run(config, dry_run=True)
-        return
+        return run_preflight(config, echo=lambda text: print(text, flush=True))  # unwrapped: tables and commands
     for name in config.stages:
         done = (Path(config.output_dir) / name / "DONE").exists()
         console.print(f"{name}: {'done, would be skipped' if done else 'would run'} (embedded backend)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         console.print(to_yaml(config), highlight=False, markup=False)
         if "--dry-run" in invocation.flags:
-            dry_run(config)
-            return 0
+            return dry_run(config)
         run = run_pipeline(config, restart="--restart" in invocation.flags)
         console.print(f"[green]run complete:[/green] {run}")
         return 0

@@ -23,8 +23,9 @@ from longshort.config import AgentConfig, Config, ConfigError, EnvConfig, ModelC
     RolloutConfig, SamplingConfig, load_config
 from longshort.engines.base import Generation, SamplingParams
 from longshort.models import tiny_model, tiny_tokenizer
-from longshort.trainers import openrlhf_launcher as launcher
-from longshort.trainers.partner import PartnerSpec
+from longshort.trainers.openrlhf import commands as launcher
+from longshort.trainers.openrlhf import launch, preflight
+from longshort.trainers.openrlhf.partner import PartnerSpec
 from scripted import ScriptedEngine
 
 NO_OPENRLHF = "openrlhf is not installed (pip install --no-deps openrlhf==0.11.2 && pip install pylatexenc aiohttp)"
@@ -44,9 +45,9 @@ def chat_prefix(tok, system: str, question: str) -> list[int]:
 def bridge():
     """The bridge module; it subclasses OpenRLHF's executor, so it imports only where openrlhf is installed."""
     pytest.importorskip("openrlhf.utils.agent", reason=NO_OPENRLHF)
-    from longshort.trainers import openrlhf_bridge
+    from longshort.trainers.openrlhf import bridge
 
-    return openrlhf_bridge
+    return bridge
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +257,7 @@ def test_tiny_model_policy_through_the_real_executor(bridge):
 @pytest.mark.parametrize("recipe", ["qwen7b", "llama8b"])
 def test_rendered_flags_pass_openrlhfs_own_parser(openrlhf_cli, recipe):
     commands = launcher.plan(load_config(recipe))
-    parsed = {c.title: launcher.parse_flags(c.module, c.flags) for c in commands if c.module}
+    parsed = {c.title: preflight.parse_flags(c.module, c.flags) for c in commands if c.module}
     assert len(parsed) == 4  # SFT of both agents, then one GRPO phase each
     sft = parsed["cold-start SFT of the long agent"]
     grpo = next(args for title, args in parsed.items() if title.startswith("phase 1"))
@@ -268,9 +269,9 @@ def test_rendered_flags_pass_openrlhfs_own_parser(openrlhf_cli, recipe):
 
 def test_parser_check_has_teeth(openrlhf_cli):
     with pytest.raises(ValueError, match="unrecognized arguments: --pretrain"):
-        launcher.parse_flags("openrlhf.cli.train_ppo_ray", ["--pretrain", "Qwen/Qwen2.5-7B-Instruct"])
+        preflight.parse_flags("openrlhf.cli.train_ppo_ray", ["--pretrain", "Qwen/Qwen2.5-7B-Instruct"])
     with pytest.raises(ValueError, match="requires n_samples_per_prompt > 1"):
-        launcher.parse_flags("openrlhf.cli.train_ppo_ray", ["--algo.advantage.estimator", "group_norm"])
+        preflight.parse_flags("openrlhf.cli.train_ppo_ray", ["--algo.advantage.estimator", "group_norm"])
 
 
 # ----------------------------------------------------------------------------------- the plan
@@ -300,23 +301,39 @@ def test_plan_renders_the_papers_pipeline():
                                                   "long": str(run / "rl/phase2_long/model")}
 
 
-def test_ray_address_submits_jobs_with_the_bridge_in_the_runtime_env():
-    config = load_config("qwen7b", ["backend.ray_address=http://head:8265"])
+def test_ray_address_submits_jobs_with_code_and_paths_the_cluster_can_reach(tmp_path):
+    with pytest.raises(ConfigError, match="set backend.shared_dir"):
+        launcher.plan(load_config("qwen7b", ["backend.ray_address=http://head:8265"]))
+    with pytest.raises(ConfigError, match="is not under backend.shared_dir"):
+        launcher.plan(load_config("qwen7b", ["backend.ray_address=http://head:8265", f"backend.shared_dir={tmp_path}"]))
+    config = load_config("qwen7b", ["backend.ray_address=http://head:8265", f"backend.shared_dir={tmp_path}",
+                                    f"output_dir={tmp_path}/qwen7b"])
     commands = launcher.plan(config)
     sft = next(c for c in commands if c.module == "openrlhf.cli.train_sft")
     grpo = next(c for c in commands if c.module == "openrlhf.cli.train_ppo_ray")
-    assert sft.argv[:6] == ("ray", "job", "submit", "--address=http://head:8265", "--entrypoint-num-gpus", "8")
+    assert sft.argv[:4] == ("ray", "job", "submit", "--address=http://head:8265")
+    assert sft.argv[sft.argv.index("--entrypoint-num-gpus") + 1] == "8"
     assert grpo.argv[grpo.argv.index("--") + 1:][:3] == ("python3", "-m", "openrlhf.cli.train_ppo_ray")
     runtime_env = json.loads(grpo.argv[grpo.argv.index("--runtime-env-json") + 1])
     assert launcher.BridgeConfig.from_json(runtime_env["env_vars"][launcher.BRIDGE_ENV]).role == "short"
-    assert grpo.env == ()
+    # our code travels with the job; the agent file lies on the shared filesystem and only imports the bridge
+    assert {Path(d).name for d in runtime_env["py_modules"]} == {"longshort", "agents", "envs"}
+    agent_path = Path(grpo.flags[grpo.flags.index("--train.agent_func_path") + 1])
+    assert agent_path.is_relative_to(tmp_path) and grpo.env == ()
+    assert all(Path(c.flags[c.flags.index("--ckpt.path") + 1]).is_relative_to(tmp_path) for c in commands if c.module)
+
+
+def test_a_submitted_jobs_agent_file_is_the_bridge(bridge):
+    namespace: dict = {}
+    exec(launcher.AGENT_FILE_TEXT, namespace)  # what OpenRLHF's _load_agent_executor runs on a worker
+    assert namespace["AgentExecutor"] is bridge.AgentExecutor
 
 
 def test_dry_run_prints_every_command_and_runs_nothing(monkeypatch, tmp_path):
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("dry run started a process"))
     config = load_config("qwen7b", [f"output_dir={tmp_path}/run"])
     printed: list[str] = []
-    commands = launcher.run(config, dry_run=True, echo=printed.append)
+    commands = launch.run(config, dry_run=True, echo=printed.append)
     assert all(c.shell() in printed[0] for c in commands) and not (tmp_path / "run").exists()
 
 
@@ -340,7 +357,7 @@ def test_phase_prompts_are_the_embedded_trainers_draws(tmp_path):
     problems = [Problem(str(i), f"q{i}", str(i)) for i in range(5)]
     (tmp_path / "data").mkdir()
     (tmp_path / "data/train.jsonl").write_text("".join(json.dumps(p.to_dict()) + "\n" for p in problems))
-    rows = [[json.loads(line) for line in launcher.write_phase_prompts(config, k).read_text().splitlines()]
+    rows = [[json.loads(line) for line in launch.write_phase_prompts(config, k).read_text().splitlines()]
             for k in (1, 2)]
     stream = ProblemStream(problems, config.seed)  # what the embedded trainer draws, 3 problems a step
     assert rows == [[{"prompt": p.prompt, "answer": p.answer} for p in stream.take(n)] for n in (6, 3)]
@@ -365,7 +382,7 @@ def test_sft_rows_train_exactly_the_embedded_examples_tokens(openrlhf_cli, tmp_p
     record = {"id": "p0", "question": QUESTION, "answer": "5", "plan": "handback", "turns": turns, "role": "short"}
     launcher.coldstart_path(config, "short").parent.mkdir(parents=True)
     launcher.coldstart_path(config, "short").write_text(json.dumps(record) + "\n")
-    path = launcher.write_sft_data(config, "short")
+    path = launch.write_sft_data(config, "short").path
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     args = SimpleNamespace(data=SimpleNamespace(input_key="input", output_key="output", apply_chat_template=False))
@@ -392,7 +409,7 @@ def test_partner_served_by_a_ray_actor_answers_the_bridge(bridge, tiny_dir, monk
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'ray[default]==2.55.0')")
     from longshort.engines.hf import HFEngine
     from longshort.models import load_model
-    from longshort.trainers.partner import connect_partner
+    from longshort.trainers.openrlhf.partner import connect_partner
 
     monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a warning about future defaults
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
@@ -422,7 +439,8 @@ def test_partner_served_by_a_ray_actor_answers_the_bridge(bridge, tiny_dir, monk
 
 
 def test_launcher_and_partner_import_no_scale_out_package():
-    code = ("import sys, json, longshort.trainers.openrlhf_launcher, longshort.trainers.partner; "
+    code = ("import sys, json, longshort.trainers.openrlhf.launch, longshort.trainers.openrlhf.preflight, "
+            "longshort.trainers.openrlhf.memory, longshort.trainers.openrlhf.partner; "
             "print(json.dumps([m for m in ('openrlhf', 'ray', 'vllm', 'deepspeed') if m in sys.modules]))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []

@@ -54,8 +54,12 @@ class ChainFormat:
     answer_prefix: str = ""
 
     def thinking_prompt_ids(self, tokenizer, question: str) -> list[int]:
-        """Where a chain of thought starts: the question, then the opening of the thinking."""
-        return chat_ids(tokenizer, question, self.system) + list(tokenizer.encode(self.open, add_special_tokens=False))
+        """Where a chain of thought starts: the question, then the opening of the thinking. The
+        DeepSeek-R1-Distill chat templates open it themselves (``<｜Assistant｜><think>\n``): not twice."""
+        ids = chat_ids(tokenizer, question, self.system)
+        if tokenizer.decode(ids[-8:]).rstrip().endswith(THINK_OPEN):
+            return ids
+        return ids + list(tokenizer.encode(self.open, add_special_tokens=False))
 
     def answer_prompt_ids(self, tokenizer, question: str, thinking: str) -> list[int]:
         """A (pruned, partial or empty) thinking, closed: the model answers next."""

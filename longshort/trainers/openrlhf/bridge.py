@@ -6,7 +6,7 @@ rolls out ``n_samples_per_prompt`` samples at once (one ``generate_responses`` c
 (the actions, trained), and everything between them comes back from the instance's ``step`` as
 environment feedback (masked). Here the instance plays our env (``LongShortEnv`` or any registered
 one) for the trained role: the frozen partner's turns come from the partner engine
-(``longshort.trainers.partner``) and are the feedback.
+(``longshort.trainers.openrlhf.partner``) and are the feedback.
 
 What the policy sees is exactly our agent's view (``Agent.view``): the executor only hands the
 instance texts and re-tokenizes them, so each sample gives the executor a tokenizer that maps the
@@ -78,8 +78,8 @@ class BridgeRuntime:
     @classmethod
     def from_env(cls) -> "BridgeRuntime":
         """The runtime the launcher described in ``LONGSHORT_BRIDGE_CONFIG`` (partners started on first use)."""
-        from longshort.trainers.openrlhf_launcher import BridgeConfig
-        from longshort.trainers.partner import connect_partner
+        from longshort.trainers.openrlhf.commands import BridgeConfig
+        from longshort.trainers.openrlhf.partner import connect_partner
 
         spec = BridgeConfig.from_env()
         return cls(spec.load_config(), spec.role, {p.role: connect_partner(p) for p in spec.partners})

@@ -1,24 +1,26 @@
-"""Scale-out on OpenRLHF 0.11.x: the Long-Short pipeline rendered as OpenRLHF commands, and run.
-
-``plan(config)`` turns a recipe with ``backend.name=openrlhf`` into the commands of the paper's
-pipeline, in order:
+"""The Long-Short pipeline rendered as OpenRLHF 0.11.x commands (``plan``), in order:
 
 1. cold-start SFT of every agent: a small conversion step (its cold-start transcripts rendered as
-   the exact text the agent sees, one row per own turn), then ``deepspeed --module
-   openrlhf.cli.train_sft``;
+   the exact text and token ids the agent sees, one row per own turn: ``launch.write_sft_data``), then
+   ``deepspeed --module longshort.trainers.openrlhf.sft_main``: ``openrlhf.cli.train_sft`` on those ids;
 2. alternating RL phases: a step that writes the phase's slice of the training problems, then
    ``python -m openrlhf.cli.train_ppo_ray`` training one agent with GRPO while the other agent's
-   current checkpoint is served frozen (``longshort.trainers.partner``). Our env, agents and reward
-   terms run inside OpenRLHF through the bridge file (``openrlhf_bridge.py``, passed as
-   ``--train.agent_func_path``); it learns its role and partners from one JSON environment
-   variable (``LONGSHORT_BRIDGE_CONFIG``), set in the process environment for a local run (Ray's
-   local workers inherit it) or in the job's runtime env for ``ray job submit``.
+   current checkpoint is served frozen (``partner``). Our env, agents and reward terms run inside
+   OpenRLHF through the bridge file (``bridge.py``, passed as ``--train.agent_func_path``); it
+   learns its role and partners from one JSON environment variable (``LONGSHORT_BRIDGE_CONFIG``),
+   set in the process environment for a local run (Ray's local workers inherit it) or in the job's
+   runtime env for ``ray job submit``.
 
 WHY commands rather than calls: OpenRLHF's parsers are built inline under ``if __name__ ==
 "__main__"``, so its CLI is the only stable interface, and a printed plan can be copied to a
-cluster by hand. ``parse_flags`` runs OpenRLHF's own parser on rendered flags (no training), which
-``run`` does before anything starts and the tests do for every recipe, so an upstream flag rename
-fails fast. Nothing here imports openrlhf, ray, vllm or deepspeed at module level.
+cluster by hand. ``preflight.parse_flags`` runs OpenRLHF's own parser on rendered flags.
+
+Where the flags differ from OpenRLHF's defaults, on purpose: AdamW betas (0.9, 0.999) as the
+embedded trainer and TRL (OpenRLHF: 0.9, 0.95); the attention implementation is a backend setting;
+no ``--ckpt.save_hf`` (it writes a full, never rotated HF copy at every save; the final model goes
+to ``ckpt.output_dir`` anyway); packing with token-budgeted micro-batches when ``backend.packing``.
+One phase per agent at most: OpenRLHF builds the optimiser, the LR schedule and the KL reference
+per run, so a second phase of an agent would restart all three (``phases`` refuses it).
 
 Run layout under ``output_dir``: ``data/train.jsonl`` (the data stage), ``sft/coldstart/<role>.jsonl``
 (an agent's cold-start transcripts, ``longshort.coldstart``), ``sft/<role>/final`` (its SFT
@@ -27,36 +29,33 @@ succeeds writes a marker (``DONE`` in its folder) and is skipped when run again.
 """
 from __future__ import annotations
 
-import argparse
-import ast
-import builtins
-import contextlib
-import importlib.util
-import io
 import json
 import math
 import os
 import shlex
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
-from longshort.config import Config, ConfigError, load_config, to_yaml
-from longshort.trainers import tracking
+from longshort.config import Config, ConfigError
 from longshort.extensions import worker_env
-from longshort.trainers.partner import PartnerSpec
+from longshort.trainers import tracking
+from longshort.trainers.openrlhf.partner import PartnerSpec
 
 OPENRLHF_VERSION = "0.11.2"  # the version whose flags these commands use (tests parse them with it)
 BRIDGE_ENV = "LONGSHORT_BRIDGE_CONFIG"
-BRIDGE_FILE = Path(__file__).with_name("openrlhf_bridge.py")
+BRIDGE_FILE = Path(__file__).with_name("bridge.py")
+# A submitted job's agent file: it only imports the bridge, which travels with the job (py_modules).
+AGENT_FILE_TEXT = "from longshort.trainers.openrlhf.bridge import AgentExecutor  # noqa: F401\n"
 PROMPT_TOKENS = 1024  # room for an agent's chat-templated system prompt and question (~300 + question)
 SEPARATOR_TOKENS = 4  # per turn, for the separators between turns
 PARTNER_GPU_MEMORY = 0.9  # the partner has its GPU to itself (the paper's partner servers use 0.9)
+ADAM_BETAS = (0.9, 0.999)  # torch's AdamW default: the embedded trainer's and TRL's (the paper trained with TRL)
+CKPT_KEEP = 2  # DeepSpeed checkpoints kept per run (--ckpt.max_num): the latest resumes, one spare
+CODE_PACKAGES = ("longshort", "agents", "envs")  # shipped with a submitted job (runtime env py_modules)
 
 
 # ------------------------------------------------------------------------------------------- records
@@ -107,7 +106,7 @@ class BridgeConfig:
         if not text:
             raise RuntimeError(
                 f"{BRIDGE_ENV} is not set in this Ray worker: the OpenRLHF bridge runs only in a phase started by "
-                "longshort.trainers.openrlhf_launcher. A local run passes it by inheritance to the Ray instance that "
+                "longshort.trainers.openrlhf.launch. A local run passes it by inheritance to the Ray instance that "
                 "train_ppo_ray starts; if that connected to a cluster already running (`ray start`), set "
                 "backend.ray_address so the job is submitted with the variable in its runtime env")
         return cls.from_json(text)
@@ -159,6 +158,11 @@ def max_len(config: Config) -> int:
     return PROMPT_TOKENS + config.env.max_total_tokens + SEPARATOR_TOKENS * config.env.max_turns
 
 
+def train_tokens_per_gpu(config: Config) -> int:
+    """With packing: tokens of one training micro-batch per GPU (default: one longest episode)."""
+    return config.backend.max_tokens_per_gpu or max_len(config)
+
+
 def layout(config: Config) -> Layout:
     """The paper's placement, generalised: 8 GPUs = 6 actor + 1 policy vLLM + 1 partner."""
     backend = config.backend
@@ -191,6 +195,13 @@ def phases(config: Config) -> list[Phase]:
         raise ConfigError(str(error)) from None
     latest = _initial_checkpoints(config)
     count = math.ceil(config.trainer.steps / config.trainer.phase_steps)
+    if count > len(order):
+        raise ConfigError(
+            f"trainer.steps={config.trainer.steps} in phases of trainer.phase_steps={config.trainer.phase_steps} gives "
+            f"{count} phases for {len(order)} trainable agent(s): OpenRLHF builds the optimiser, the LR schedule and the "
+            "KL reference anew in every run, so a second phase of an agent would restart them; on backend openrlhf set "
+            f"trainer.phase_steps >= {math.ceil(config.trainer.steps / len(order))} (one phase per agent), or use "
+            "backend.name=embedded")
     result, first_problem = [], 0
     for index in range(1, count + 1):
         role = order[(index - 1) % len(order)]
@@ -222,13 +233,15 @@ def final_checkpoints(config: Config) -> dict[str, str]:
 
 
 def _flags(pairs: Sequence[tuple[str, Any]]) -> tuple[str, ...]:
-    """``--key value`` pairs; True renders a bare switch, False and None render nothing."""
+    """``--key value`` pairs; True renders a bare switch, a tuple several values, False and None nothing."""
     out: list[str] = []
     for key, value in pairs:
         if value is None or value is False:
             continue
         out.append(f"--{key}")
-        if value is not True:
+        if isinstance(value, tuple):
+            out.extend(str(v) for v in value)
+        elif value is not True:
             out.append(str(value))
     return tuple(out)
 
@@ -242,25 +255,59 @@ def _python(config: Config) -> str:
     return "python3" if config.backend.ray_address else sys.executable
 
 
+def code_dirs() -> list[str]:
+    """The folders of our packages, as ``ray job submit`` ships them (``py_modules``) to every worker."""
+    import importlib
+
+    return [str(Path(importlib.import_module(name).__file__).parent) for name in CODE_PACKAGES]
+
+
+def check_shared_dir(config: Config) -> None:
+    """A submitted job reads and writes the run's files (prompts, SFT data, checkpoints, the agent file)
+    on the cluster's nodes: they must be on a filesystem every node and this machine mount at one path."""
+    backend = config.backend
+    if not backend.ray_address:
+        return
+    if not backend.shared_dir:
+        raise ConfigError(f"backend.ray_address={backend.ray_address} submits jobs that read and write the run's files "
+                          "on the cluster's nodes: set backend.shared_dir to a filesystem mounted at the same path on "
+                          "every node and here, and output_dir under it")
+    shared = Path(backend.shared_dir).expanduser().resolve()
+    if not run_dir(config).is_relative_to(shared):
+        raise ConfigError(f"output_dir {run_dir(config)} is not under backend.shared_dir {shared}: the cluster's nodes "
+                          f"could not see the run's files; set output_dir={shared}/{config.name}")
+
+
+def agent_file(config: Config) -> Path:
+    """``--train.agent_func_path``: the bridge itself locally; for a submitted job a one-line file under
+    the shared run folder that imports it from the shipped code (``launch`` writes it)."""
+    return run_dir(config) / "openrlhf" / "agent_func.py" if config.backend.ray_address else BRIDGE_FILE
+
+
 def _launch(config: Config, argv: Sequence[str], env: dict[str, str], *, entrypoint_gpus: int = 0
             ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """Wrap a command in ``ray job submit`` when ``backend.ray_address`` is set (its environment then
-    travels in the job's runtime env, which every actor of the job inherits)."""
+    """Wrap a command in ``ray job submit`` when ``backend.ray_address`` is set: its environment and our
+    code (``py_modules``, so the cluster needs no longshort installed) travel in the job's runtime env,
+    which every actor of the job inherits."""
     if not config.backend.ray_address:
         return tuple(argv), tuple(sorted(env.items()))
-    submit = ["ray", "job", "submit", f"--address={config.backend.ray_address}"]
-    if env:
-        submit += ["--runtime-env-json", json.dumps({"env_vars": env}, sort_keys=True)]
+    check_shared_dir(config)
+    submit = ["ray", "job", "submit", f"--address={config.backend.ray_address}",
+              "--runtime-env-json", json.dumps({"env_vars": env, "py_modules": code_dirs()}, sort_keys=True)]
     if entrypoint_gpus:
         submit += ["--entrypoint-num-gpus", str(entrypoint_gpus)]
     return (*submit, "--", *argv), ()
 
 
 def _step(config: Config, stage: str, title: str, subcommand: str, *args: str, marker: Path) -> Command:
-    """One of our own preparation steps (``python -m longshort.trainers.openrlhf_launcher ...``), run locally."""
-    argv = (sys.executable, "-m", "longshort.trainers.openrlhf_launcher", subcommand,
+    """One of our own preparation steps (``python -m longshort.trainers.openrlhf.launch ...``), run locally."""
+    argv = (sys.executable, "-m", "longshort.trainers.openrlhf.launch", subcommand,
             "--config", str(run_dir(config) / "config.yaml"), *args)
     return Command(stage, title, argv, marker=str(marker))
+
+
+def _adam(prefix: str) -> list[tuple[str, Any]]:
+    return [(f"{prefix}adam.betas", ADAM_BETAS), (f"{prefix}adam.weight_decay", 0.0)]
 
 
 def sft_commands(config: Config) -> list[Command]:
@@ -286,15 +333,18 @@ def sft_commands(config: Config) -> list[Command]:
             ("train.batch_size", global_batch),
             ("train.micro_batch_size", 1),
             ("adam.lr", sft.lr),
+            *_adam(""),
             ("lr_scheduler", "cosine_with_min_lr"),
             ("lr_warmup_ratio", sft.warmup_ratio),
             ("min_lr_ratio", 0.0),
             ("ds.zero_stage", config.backend.zero_stage),
             ("ds.param_dtype", _param_dtype(agent.model.dtype)),
+            ("ds.attn_implementation", config.backend.attn_implementation),
             ("model.gradient_checkpointing_enable", sft.gradient_checkpointing),
             ("ckpt.output_dir", sft_model_dir(config, role)),
             ("ckpt.path", folder / "ckpt"),
             ("ckpt.save_steps", sft.save_every),
+            ("ckpt.max_num", CKPT_KEEP),
             ("ckpt.load_enable", True),
             ("logger.tensorboard_dir", folder / "tensorboard"),
             *tracking.openrlhf_flags(config, f"{config.name}-sft-{role}"),
@@ -303,8 +353,9 @@ def sft_commands(config: Config) -> list[Command]:
         # The examples are already the exact text the agent sees; an empty template keeps OpenRLHF
         # from wrapping them in its default "User: {}\nAssistant: ".
         flags += ("--data.input_template", "")
-        module = "openrlhf.cli.train_sft"
-        argv, env = _launch(config, ["deepspeed", "--num_gpus", str(gpus), "--module", module, *flags],
+        module = "openrlhf.cli.train_sft"  # run through sft_main, which feeds it our exact token ids
+        argv, env = _launch(config, ["deepspeed", "--num_gpus", str(gpus), "--module",
+                                     "longshort.trainers.openrlhf.sft_main", *flags],
                             tracking.openrlhf_env(config), entrypoint_gpus=gpus)
         commands.append(Command("sft", f"cold-start SFT of the {role} agent", argv, env,
                                 str(folder / "DONE"), module, flags))
@@ -347,7 +398,7 @@ def rl_commands(config: Config) -> list[Command]:
         kl = trainer.kl_coef > 0
         flags = _flags([
             ("actor.model_name_or_path", phase.init),
-            ("train.agent_func_path", BRIDGE_FILE),
+            ("train.agent_func_path", agent_file(config)),
             ("actor.num_nodes", placement.actor_nodes),
             ("actor.num_gpus_per_node", placement.actor_gpus_per_node),
             ("vllm.num_engines", backend.vllm_num_engines),
@@ -374,12 +425,18 @@ def rl_commands(config: Config) -> list[Command]:
             ("rollout.micro_batch_size", trainer.micro_batch_size),
             ("train.batch_size", samples),
             ("train.micro_batch_size", trainer.micro_batch_size),
+            ("ds.packing_samples", backend.packing),
+            ("train.dynamic_batch_enable", backend.packing),
+            ("train.max_tokens_per_gpu", train_tokens_per_gpu(config) if backend.packing else None),
+            ("rollout.max_tokens_per_gpu", train_tokens_per_gpu(config) if backend.packing else None),
+            ("ds.attn_implementation", backend.attn_implementation),
             ("train.max_epochs", trainer.updates_per_batch),
             ("train.num_episodes", 1),
             ("ds.zero_stage", backend.zero_stage),
             ("ds.param_dtype", _param_dtype(agent.model.dtype)),
             ("actor.gradient_checkpointing_enable", trainer.gradient_checkpointing),
             ("actor.adam.lr", trainer.lr),
+            *_adam("actor."),
             ("actor.lr_scheduler", "cosine_with_min_lr"),
             ("actor.lr_warmup_ratio", trainer.warmup_ratio),
             ("actor.min_lr_ratio", 0.0),
@@ -387,7 +444,7 @@ def rl_commands(config: Config) -> list[Command]:
             ("ckpt.output_dir", phase.dir / "model"),
             ("ckpt.path", phase.dir / "ckpt"),
             ("ckpt.save_steps", trainer.save_every),
-            ("ckpt.save_hf", True),
+            ("ckpt.max_num", CKPT_KEEP),
             ("ckpt.load_enable", True),
             ("logger.logging_steps", trainer.log_every),
             ("logger.tensorboard_dir", phase.dir / "tensorboard"),
@@ -420,182 +477,3 @@ def plan(config: Config, stages: Sequence[str] | None = None) -> list[Command]:
 
 def format_plan(commands: Sequence[Command]) -> str:
     return "\n".join(f"# [{command.stage}] {command.title}\n{command.shell()}\n" for command in commands)
-
-
-# ------------------------------------------------------------------------------------------- running
-
-
-def parse_flags(module: str, flags: Sequence[str]) -> SimpleNamespace:
-    """The arguments OpenRLHF's own parser and validation block make of ``flags``, without training.
-
-    The parser is built inline under ``if __name__ == "__main__"``, so the module's source is run
-    under that name with its ``train`` replaced by a function that keeps the arguments. Top-level
-    imports that fail on this machine (vLLM, DeepSpeed, flash-attn and what imports them: GPU-only)
-    are skipped, since only ``train`` uses them; a parser that needed one would fail loudly with a
-    NameError. Raises ValueError with OpenRLHF's message when it rejects the flags.
-    """
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ImportError(f"{module} is not installed: pip install --no-deps openrlhf=={OPENRLHF_VERSION}")
-    tree = ast.parse(Path(spec.origin).read_text(), spec.origin)
-    captured: list[SimpleNamespace] = []
-    namespace: dict[str, Any] = {"__name__": "__main__", "__file__": spec.origin, "__builtins__": builtins}
-    saved, output = sys.argv, io.StringIO()
-    sys.argv = [spec.origin, *flags]
-    try:
-        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-            for node in tree.body:
-                code = compile(ast.Module([node], type_ignores=[]), spec.origin, "exec")
-                if isinstance(node, (ast.Import, ast.ImportFrom)):
-                    with contextlib.suppress(Exception):
-                        exec(code, namespace)
-                elif isinstance(node, ast.FunctionDef) and node.name == "train":
-                    namespace["train"] = captured.append
-                else:
-                    exec(code, namespace)
-    except (SystemExit, AssertionError) as error:
-        lines = output.getvalue().strip().splitlines()  # argparse prints its usage, then the error
-        raise ValueError(f"{module} rejects the flags: {lines[-1] if lines else error}") from None
-    finally:
-        sys.argv = saved
-    if not captured:
-        raise AssertionError(f"{module} has no `if __name__ == '__main__'` block that calls train(args)")
-    return captured[0]
-
-
-def check_flags(commands: Sequence[Command]) -> None:
-    """Raise ValueError when the installed OpenRLHF rejects the flags of any command."""
-    for command in commands:
-        if command.module is not None:
-            try:
-                parse_flags(command.module, command.flags)
-            except ValueError as error:
-                raise ValueError(f"{command.title}: {error}") from None
-
-
-def run(config: Config, dry_run: bool = False, stages: Sequence[str] | None = None,
-        echo: Callable[[str], None] = print) -> list[Command]:
-    """Run (or with ``dry_run`` only print) the planned commands in order; finished steps are skipped.
-
-    Before anything starts, the flags go through the installed OpenRLHF's parser when it is
-    importable here (with ``ray job submit`` the submitting machine may not have it).
-    """
-    commands = plan(config, stages)
-    if dry_run:
-        echo(format_plan(commands))
-        return commands
-    if importlib.util.find_spec("openrlhf") is not None:
-        check_flags(commands)
-    run_dir(config).mkdir(parents=True, exist_ok=True)
-    (run_dir(config) / "config.yaml").write_text(to_yaml(config))
-    for command in commands:
-        if command.marker and Path(command.marker).exists():
-            echo(f"# done already: {command.title} ({command.marker})")
-            continue
-        echo(f"# [{command.stage}] {command.title}\n{command.shell()}")
-        subprocess.run(command.argv, env={**os.environ, **dict(command.env)}, check=True)
-        if command.marker:
-            Path(command.marker).parent.mkdir(parents=True, exist_ok=True)
-            Path(command.marker).write_text(json.dumps({"title": command.title}) + "\n")
-    return commands
-
-
-# ------------------------------------------------------------------------------------------- preparation steps
-
-
-def write_phase_prompts(config: Config, phase_index: int) -> Path:
-    """The phase's problems: the ones the embedded trainer draws for the same steps.
-
-    OpenRLHF runs over its prompt file ``train.num_episodes`` times; giving each phase exactly the
-    problems of its steps (``trainers.schedule.ProblemStream``: a seeded order per epoch, continued
-    across phases) makes it stop after ``steps`` steps, on the same problems as the embedded backend.
-    """
-    from longshort.data import Problem
-    from longshort.trainers.schedule import ProblemStream
-
-    phase = next(p for p in phases(config) if p.index == phase_index)
-    source = run_dir(config) / "data" / "train.jsonl"
-    with source.open(encoding="utf-8") as rows:  # written by the data stage with save_jsonl
-        problems = [Problem.from_dict(json.loads(line)) for line in rows if line.strip()]
-    if not problems:
-        raise ConfigError(f"no training problems in {source}: run the data stage first")
-    drawn = ProblemStream(problems, config.seed, cursor=phase.first_problem).take(
-        phase.steps * config.rollout.problems_per_step)
-    target = phase.dir / "prompts.jsonl"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w", encoding="utf-8") as handle:
-        for problem in drawn:
-            handle.write(json.dumps({"prompt": problem.prompt, "answer": problem.answer}, ensure_ascii=False) + "\n")
-    return target
-
-
-def openrlhf_sft_rows(example, tokenizer) -> list[dict[str, str]]:
-    """One embedded SFT example (``longshort.sft.build_examples``) as OpenRLHF SFT rows, one per own turn.
-
-    OpenRLHF's SFT trains one response per row after a plain-text prompt (its multi-turn mode would
-    re-render chat messages, and our turns live inside one assistant message). A causal LM's loss on
-    a token depends only on the tokens before it, so one row per own turn, with everything before the
-    turn as the prompt, trains exactly the token losses of the embedded example; only the batching
-    differs. The prompt is decoded with its special tokens; OpenRLHF re-tokenizes ``input + output``
-    as one text, which can differ from our turn-by-turn tokens only where the two meet. The output ends
-    with the EOS token, which OpenRLHF always trains (ending it ourselves avoids its `` <eos>`` with a
-    space); the embedded SFT trains no EOS, since our engines end a turn at its closing tag.
-    """
-    ids, mask, rows, start = example.input_ids, example.loss_mask, [], None
-    for index, own in enumerate([*mask, 0]):
-        if own and start is None:
-            start = index
-        elif not own and start is not None:
-            rows.append({"input": tokenizer.decode(ids[:start]),
-                         "output": tokenizer.decode(ids[start:index]) + tokenizer.eos_token})
-            start = None
-    return rows
-
-
-def write_sft_data(config: Config, role: str) -> Path:
-    """Render the agent's cold-start transcripts (``longshort.coldstart`` records) for OpenRLHF's SFT."""
-    from transformers import AutoTokenizer
-
-    from longshort.coldstart import load_coldstart
-    from longshort.rollout import build_agents
-    from longshort.sft import build_examples
-
-    source = coldstart_path(config, role)
-    if not source.is_file():
-        raise ConfigError(f"no cold-start transcripts for the {role} agent at {source} "
-                          "(write them with longshort.coldstart.write_coldstart before the sft stage)")
-    tokenizer = AutoTokenizer.from_pretrained(config.agents[role].model.name_or_path)
-    examples = build_examples(build_agents(config)[role], load_coldstart(source, role), tokenizer,
-                              config.sft.max_length)
-    target = run_dir(config) / "sft" / "openrlhf" / f"{role}.jsonl"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w", encoding="utf-8") as out:
-        for example in examples:
-            for row in openrlhf_sft_rows(example, tokenizer):
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return target
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """A plan's preparation steps: ``sft-data --role R`` and ``prompts --phase K`` (``--config``: the run's YAML)."""
-    parser = argparse.ArgumentParser(prog=f"python -m {__name__}")
-    sub = parser.add_subparsers(dest="step", required=True)
-    sft = sub.add_parser("sft-data", help="render an agent's cold-start examples as OpenRLHF SFT data")
-    sft.add_argument("--config", required=True)
-    sft.add_argument("--role", required=True)
-    prompts = sub.add_parser("prompts", help="write the training problems of one RL phase")
-    prompts.add_argument("--config", required=True)
-    prompts.add_argument("--phase", type=int, required=True)
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-        path = write_sft_data(config, args.role) if args.step == "sft-data" else write_phase_prompts(config, args.phase)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,6 +11,13 @@ The bridge gets or creates the actors by name (``get_if_exists``), from inside O
 actors, so the partner is started by the training job itself and dies with it: there is no server
 for the launcher to start, to wait for, or to forget to stop, and ``ray job submit`` needs nothing
 but the job. Ray, vLLM and transformers are imported only when an actor is built or reached.
+
+Scheduling: OpenRLHF's vLLM actors live in a placement group of one GPU bundle each, created with
+``placement_group_capture_child_tasks=True``. An actor they create with no strategy of its own is
+placed in that same group, which has no GPU left, so the partner would wait forever (reproduced on
+CPU with logical GPUs: ``PENDING_CREATION`` with 7 GPUs free). ``start_partner`` therefore
+schedules it explicitly outside any group. Its ``__init__`` is async, as OpenRLHF's own vLLM
+actor's: vLLM's async engine starts its output loop on the running event loop.
 """
 from __future__ import annotations
 
@@ -57,7 +64,7 @@ class PartnerServer:
     (vLLM's continuous batching, or the HF engine's pending-request batches).
     """
 
-    def __init__(self, spec: PartnerSpec):
+    async def __init__(self, spec: PartnerSpec):
         if spec.engine == "vllm":
             from longshort.engines.vllm import VLLMEngine
 
@@ -83,10 +90,12 @@ def start_partner(spec: PartnerSpec) -> list[Any]:
     The actors are owned by their creator (not detached), so they end with the training job.
     """
     import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     server = ray.remote(PartnerServer)
+    outside = PlacementGroupSchedulingStrategy(placement_group=None)  # not the caller's capturing group
     return [server.options(name=f"{spec.name}-{index}", namespace=spec.namespace, get_if_exists=True,
-                           num_gpus=spec.num_gpus).remote(spec)
+                           num_gpus=spec.num_gpus, scheduling_strategy=outside).remote(spec)
             for index in range(spec.replicas)]
 
 
