@@ -160,8 +160,8 @@ def test_the_readme_team_trains_and_evaluates_from_its_own_files(user_folder, tm
 BRIDGE = r'''
 import json, sys
 from omegaconf import OmegaConf
-from longshort.trainers.openrlhf_bridge import BridgeRuntime
-from longshort.trainers.openrlhf_launcher import BridgeConfig
+from longshort.trainers.openrlhf.bridge import BridgeRuntime
+from longshort.trainers.openrlhf.commands import BridgeConfig
 
 spec = BridgeConfig("planner", OmegaConf.to_container(OmegaConf.load(sys.argv[1])), [])
 runtime = BridgeRuntime(BridgeConfig.from_json(spec.to_json()).load_config(), "planner",
@@ -216,25 +216,32 @@ def test_inherited_imports_add_up_and_a_module_is_imported_once(user_folder):
     assert "always_one: 1.0" in result.stdout and "length: 1.0" in result.stdout  # weights merge below !replace
 
 
-def test_the_openrlhf_launch_carries_the_imports_to_its_workers(user_folder, monkeypatch):
+def test_the_openrlhf_launch_carries_the_imports_to_its_workers(user_folder, monkeypatch, tmp_path_factory):
     """The GRPO job's runtime env holds the resolved config (with the absolute imports) for the bridge and a
     PYTHONPATH that reaches the user's folder; a recipe without imports launches as before."""
-    from longshort.config import load_config
-    from longshort.trainers import openrlhf_launcher as launcher
+    from longshort.config import ConfigError, load_config
+    from longshort.trainers.openrlhf import commands as launcher
 
     extra = user_folder / "extra_terms.py"
     extra.write_text("X = 1\n")
     monkeypatch.chdir(user_folder)
     monkeypatch.setenv("PYTHONPATH", "/somewhere")
-    config = load_config("qwen7b", ["backend.ray_address=http://head:8265", "imports=[extra_terms.py]"])
+    cluster = ["backend.ray_address=http://head:8265", f"backend.shared_dir={user_folder}",
+               f"output_dir={user_folder / 'run'}"]
+    config = load_config("qwen7b", [*cluster, "imports=[extra_terms.py]"])
     grpo = next(c for c in launcher.plan(config) if c.module == "openrlhf.cli.train_ppo_ray")
     env = json.loads(grpo.argv[grpo.argv.index("--runtime-env-json") + 1])["env_vars"]
     assert launcher.BridgeConfig.from_json(env[launcher.BRIDGE_ENV]).load_config().imports == [str(extra)]
     assert env["PYTHONPATH"] == os.pathsep.join([str(user_folder), "/somewhere"])
-    plain = launcher.plan(load_config("qwen7b", ["backend.ray_address=http://head:8265"]))
+    plain = launcher.plan(load_config("qwen7b", cluster))
     plain_grpo = next(c for c in plain if c.module == "openrlhf.cli.train_ppo_ray")
     plain_env = json.loads(plain_grpo.argv[plain_grpo.argv.index("--runtime-env-json") + 1])["env_vars"]
     assert set(plain_env) == {launcher.BRIDGE_ENV}
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "other_terms.py"
+    elsewhere.write_text("Y = 1\n")
+    outside = load_config("qwen7b", [*cluster, f"imports=[{elsewhere}]"])
+    with pytest.raises(ConfigError, match="not under backend.shared_dir"):
+        launcher.plan(outside)
 
 
 BUILDER = '''import json

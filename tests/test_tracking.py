@@ -67,11 +67,21 @@ def test_offline_wandb_run_holds_the_metrics_and_episode_tables(tmp_path, wandb_
     overrides = [f"output_dir={tmp_path / 'run'}", *per_role, "data.train.limit=8", "rollout.problems_per_step=2",
                  "rollout.group_size=2", "trainer.save_every=1", "logging.wandb.project=longshort-test",
                  "logging.wandb.mode=offline", "logging.wandb.episodes_per_step=3", "logging.wandb.tags=[tiny]"]
-    config = load_config("tiny", [*overrides, "trainer.steps=2"])
+    config = load_config("tiny", [*overrides, "trainer.steps=3"])
     problems = load_source(config.data.train, config.seed)
     out = tmp_path / "run" / "rl"
-    GRPOTrainer(config, problems, out, progress=False).train()
-    GRPOTrainer(load_config("tiny", [*overrides, "trainer.steps=3"]), problems, out, progress=False).train()  # resume
+    interrupted = GRPOTrainer(config, problems, out, progress=False)
+    real_step = interrupted.step
+
+    def killed_in_the_third_step(index: int) -> dict:
+        if index == 2:
+            raise KeyboardInterrupt
+        return real_step(index)
+
+    interrupted.step = killed_in_the_third_step
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    GRPOTrainer(config, problems, out, progress=False).train()  # resume from step 2
 
     runs = sorted((out / "wandb").glob("offline-run-*"))
     run_id = (out / "wandb_run_id").read_text().strip()
@@ -95,7 +105,7 @@ def test_offline_wandb_run_holds_the_metrics_and_episode_tables(tmp_path, wandb_
 
 def test_wandb_is_imported_only_when_enabled():
     code = ("import sys, longshort, agents, envs, longshort.train, longshort.evaluate, longshort.report, "
-            "longshort.trainers.grpo, longshort.trainers.tracking, longshort.trainers.openrlhf_launcher; "
+            "longshort.trainers.grpo, longshort.trainers.tracking, longshort.trainers.openrlhf.commands; "
             "print('wandb' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip().splitlines()[-1] == "False"
@@ -111,17 +121,17 @@ def test_a_missing_wandb_is_a_one_line_config_error(monkeypatch):
 
 def test_openrlhf_backend_gets_openrlhfs_wandb_flags(monkeypatch):
     pytest.importorskip("openrlhf", reason="openrlhf not installed (pip install --no-deps openrlhf==0.11.2)")
-    from longshort.trainers import openrlhf_launcher as launcher
+    from longshort.trainers.openrlhf import commands as launcher, preflight
 
     config = load_config("qwen7b", ["logging.wandb.project=lsq", "logging.wandb.mode=offline",
                                     "logging.wandb.entity=team"])
     commands = [command for command in launcher.plan(config) if command.module]
     for command in commands:
-        args = launcher.parse_flags(command.module, command.flags)
+        args = preflight.parse_flags(command.module, command.flags)
         assert (args.logger.wandb.project, args.logger.wandb.org, args.logger.wandb.group) == ("lsq", "team", "qwen7b")
         assert args.logger.wandb.key == "env"  # switches OpenRLHF's W&B on; the secret stays in the environment
         assert dict(command.env)["WANDB_MODE"] == "offline"
-    names = [launcher.parse_flags(c.module, c.flags).logger.wandb.run_name for c in commands]
+    names = [preflight.parse_flags(c.module, c.flags).logger.wandb.run_name for c in commands]
     assert len(set(names)) == len(names) == 4  # each SFT and each RL phase is its own W&B run
     plain = [c for c in launcher.plan(load_config("qwen7b")) if c.module]
     assert not any(flag.startswith("--logger.wandb") for c in plain for flag in c.flags)

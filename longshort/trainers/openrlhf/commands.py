@@ -41,7 +41,7 @@ from typing import Any, Sequence
 from omegaconf import OmegaConf
 
 from longshort.config import Config, ConfigError
-from longshort.extensions import worker_env
+from longshort.extensions import is_file_entry, worker_env
 from longshort.trainers import tracking
 from longshort.trainers.openrlhf.partner import PartnerSpec
 
@@ -276,6 +276,10 @@ def check_shared_dir(config: Config) -> None:
     if not run_dir(config).is_relative_to(shared):
         raise ConfigError(f"output_dir {run_dir(config)} is not under backend.shared_dir {shared}: the cluster's nodes "
                           f"could not see the run's files; set output_dir={shared}/{config.name}")
+    for entry in config.imports:
+        if is_file_entry(entry) and not Path(entry).expanduser().resolve().is_relative_to(shared):
+            raise ConfigError(f"imports: {entry} is not under backend.shared_dir {shared}: the cluster's workers import "
+                              "it by that path; move it (and the files it imports) under the shared folder")
 
 
 def agent_file(config: Config) -> Path:
