@@ -294,7 +294,9 @@ def test_evaluate_command_writes_the_report(tmp_path, monkeypatch, capsys):
         return evaluate(config, {"toy": problems}, out_dir=out_dir, engines=engines, progress=False,
                         system=kwargs.get("system"))
 
-    monkeypatch.setattr(evaluate_cli, "evaluate_benchmarks", fake_benchmarks)
+    import longshort.evaluation
+
+    monkeypatch.setattr(longshort.evaluation, "evaluate_benchmarks", fake_benchmarks)  # evaluate imports it lazily
     assert evaluate_cli.main(["recipe=tiny", f"out={tmp_path / 'ev'}"]) == 0
     assert (tmp_path / "ev" / REPORT_NAME).is_file()
     assert f"report: {tmp_path / 'ev' / REPORT_NAME}" in capsys.readouterr().err
