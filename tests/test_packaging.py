@@ -21,10 +21,11 @@ def test_plain_install_resolves_recipes_outside_the_repository(tmp_path: Path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(ROOT)], check=True, capture_output=True, timeout=300)
-    code = ("import longshort.config as c; cfg = c.load_config('qwen7b'); "
-            "print(c.recipe_dir()); print(cfg.agents['long'].model.name_or_path)")
+    code = ("import longshort.config as c, longshort.tables as t; cfg = c.load_config('qwen7b'); "
+            "print(c.recipe_dir()); print(cfg.agents['long'].model.name_or_path); print(','.join(t.list_tables()))")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, check=True)
-    recipe_dir, model = result.stdout.split()
+    recipe_dir, model, tables = result.stdout.split()
     assert Path(recipe_dir).is_relative_to(target)
     assert model == "Qwen/Qwen2.5-7B-Instruct"
+    assert {"tiny", "paper"} <= set(tables.split(","))  # the reproduce table specs ship too

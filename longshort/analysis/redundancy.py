@@ -73,3 +73,82 @@ def pruning_results(folder: str | Path, strategy: str, kappa: float, system: str
                       sets={"heldout": summarize("heldout", records, 1)})
     score = score_pruning(([label_step(s) != GOLD for s in chains[r["problem_id"]]["steps"]], r["pruned"]) for r in rows)
     return results, score
+
+
+# --------------------------------------------------------------- teacher-forced control on written chains
+
+
+def teacher_forced_control(model, tokenizer, chains, questions: Sequence[str], *, kappa: float = 0.8,
+                           system: str | None = None, seed: int = 0) -> dict:
+    """Step entropy of written long chains under ``model`` (one teacher-forced pass), and what each
+    pruning rule removes at ``kappa``: the positive control of step entropy, with the truth known.
+
+    Returns ``{"strategies": {strategy: score dict}, "kinds": {kind: mean step entropy}, "steps": n}``.
+    """
+    from longshort.analysis.chains import ChainFormat
+    from longshort.analysis.pruning import STRATEGIES, select_steps
+    from longshort.analysis.scoring import step_entropies, token_entropies
+    from longshort.analysis.steps import StepSegmenter, segment_text
+
+    fmt = ChainFormat(system=system)
+    segmenter = StepSegmenter(tokenizer)
+    sequences, segmented = [], []
+    for chain, question in zip(chains, questions):
+        steps = segment_text(chain.thinking, segmenter)
+        if len(steps) != len(chain.steps):
+            raise ValueError(f"chain {chain.problem_id}: {len(steps)} segmented steps for {len(chain.steps)} written")
+        segmented.append(steps)
+        sequences.append((fmt.thinking_prompt_ids(tokenizer, question),
+                          tokenizer.encode(chain.thinking, add_special_tokens=False)))
+    scores = [step_entropies(e, s).mean for e, s in zip(token_entropies(model, sequences), segmented)]
+    by_kind: dict[str, list[float]] = {}
+    for chain, chain_scores in zip(chains, scores):
+        for kind, value in zip(chain.kinds, chain_scores):
+            by_kind.setdefault(kind, []).append(value)
+    strategies = {strategy: score_pruning(
+        (chain.redundant, select_steps(s, kappa, strategy, seed=f"{seed}:{chain.problem_id}"))
+        for chain, s in zip(chains, scores)).to_dict() for strategy in STRATEGIES}
+    return {"kappa": kappa, "strategies": strategies, "steps": sum(len(c.steps) for c in chains),
+            "kinds": {kind: sum(v) / len(v) for kind, v in sorted(by_kind.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import time
+
+    from longshort.analysis import cli_common as common
+    from longshort.longchains import DEFAULT_REDUNDANCY, long_chains
+
+    parser = argparse.ArgumentParser(prog="python -m longshort.analysis.redundancy", description=(
+        "Positive control of step entropy: a model scores written long chains with known redundancy "
+        "(teacher-forced); which share of the steps each pruning rule removes were truly redundant."))
+    parser.add_argument("--kappa", type=float, default=0.8)
+    parser.add_argument("--redundancy", type=float, default=DEFAULT_REDUNDANCY)
+    parser.add_argument("--out", help="write the result as JSON here")
+    common.add_model_args(parser)
+    common.add_problem_args(parser, default_limit=200)
+    common.add_format_args(parser)
+    args = parser.parse_args(argv)
+    from longshort.models import load_model
+
+    problems = common.problems_from_args(args)
+    chains = long_chains(problems, redundancy=args.redundancy, seed=args.seed)
+    questions = {p.id: p.prompt for p in problems}
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    began = time.perf_counter()
+    result = teacher_forced_control(model, tokenizer, chains, [questions[c.problem_id] for c in chains],
+                                    kappa=args.kappa, system=args.system or None, seed=args.seed)
+    result["seconds"] = round(time.perf_counter() - began, 1)
+    print(f"{args.model}: {len(chains)} long chains, {result['steps']} steps, redundancy {args.redundancy}; "
+          f"pruning {args.kappa:.0%} of each chain's steps ({result['seconds']} s)")
+    for strategy, score in result["strategies"].items():
+        print(f"  {strategy:>6}: {score['removed']} steps removed, {100 * (score['precision'] or 0):.1f}% of them "
+              f"redundant; {100 * (score['recall'] or 0):.1f}% of the redundant steps removed")
+    print("  mean step entropy by kind (bits): " + ", ".join(f"{k} {v:.2f}" for k, v in result["kinds"].items()))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"settings": vars(args), **result}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
