@@ -1,9 +1,11 @@
 """Cold-start data: Long-Short transcripts built from gold step-by-step solutions.
 
-The paper fine-tunes each agent on ~1k synthesised transcripts before RL, but its synthesis code is
-unreleased (``longshort_method.md`` §3: "the exact construction rules are UNCONFIRMED"). Here the
-transcripts come from problems that carry gold solution steps (``meta["steps"]``: the synthetic
-generator's step sentences, GSM8K's solution lines), under these rules.
+The paper fine-tunes each agent on ~1k transcripts synthesised from a reasoning model's scored
+thoughts; that is the ``synthesis`` builder (``longshort.analysis.coldstart_builder``), which the
+7B/8B recipes use. The ``long_short`` builder here is the cheap alternative that needs no teacher:
+transcripts from gold solution steps (``meta["steps"]``: the synthetic generator's step sentences,
+GSM8K's solution lines; for a problem with only a written ``meta["solution"]``, as MATH has, its
+paragraphs, or its sentences when it is one paragraph: ``solution_steps``), under these rules.
 
 IMPL-CHOICE (documented, not the paper's):
 
@@ -97,10 +99,38 @@ def _plan(n: int, rng: random.Random, handback_prob: float) -> tuple[str, list[t
     return "direct", [(0, k), (k, n)]
 
 
+_SENTENCE_END = re.compile(r"[.!?]\$?(?P<gap>\s+)(?=[A-Z\\$(])")  # MATH often ends a sentence inside math: "3.$"
+_ASY = re.compile(r"\[asy\].*?\[/asy\]", re.DOTALL)  # Asymptote figure code: not a step
+
+
+def solution_steps(solution: str) -> list[str]:
+    """A written (MATH-style) solution cut into steps: its paragraphs, or, for a one-paragraph solution,
+    its sentences. A cut never falls inside ``$...$`` / ``\\[...\\]`` math; figure code is left out."""
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", _ASY.sub("", solution)) if p.strip()]
+    if len(paragraphs) != 1:
+        return paragraphs
+    text, steps, start = paragraphs[0], [], 0
+    for match in _SENTENCE_END.finditer(text):
+        head = text[:match.start("gap")]
+        if head.count("$") % 2 == 0 and head.count("\\[") == head.count("\\]"):  # outside math
+            steps.append(text[start:match.start("gap")].strip())
+            start = match.end()
+    steps.append(text[start:].strip())
+    return [s for s in steps if s]
+
+
+def gold_steps(problem: Problem) -> list[str]:
+    """The problem's gold steps: ``meta["steps"]``, else its written solution cut by ``solution_steps``."""
+    steps = [s for s in problem.meta.get("steps") or [] if s.strip()]
+    if not steps and isinstance(problem.meta.get("solution"), str):
+        steps = solution_steps(problem.meta["solution"])
+    return steps
+
+
 def transcript(problem: Problem, seed: int, *, handback_prob: float = DEFAULT_HANDBACK_PROB,
                roles: tuple[str, str] = ROLES) -> dict | None:
     """One problem's transcript, or None when it has no gold steps or a turn fails the format checks."""
-    steps = [s for s in problem.meta.get("steps") or [] if s.strip()]
+    steps = gold_steps(problem)
     if not steps:
         return None
     rng = random.Random(f"longshort-coldstart:{seed}:{problem.id}")
@@ -157,7 +187,8 @@ def write_coldstart(problems: Iterable[Problem], out_dir: str | Path, seed: int,
     records = build_transcripts(problems, seed, handback_prob=handback_prob, roles=roles)
     if not records:
         raise ColdStartError("no cold-start transcripts could be built: the problems carry no gold solution "
-                             "steps (meta['steps']); use synthetic or GSM8K problems for the cold start")
+                             "steps (meta['steps']) or written solution (meta['solution']); use "
+                             "sft.coldstart=synthesis (a teacher's chains) or problems with solutions")
     return {role: _write_records([{**record, "role": role} for record in records
                                   if any(turn["role"] == role for turn in record["turns"])],
                                  Path(out_dir) / f"{role}.jsonl") for role in roles}
@@ -181,6 +212,32 @@ def long_short_coldstart(config: Config, problems: Sequence[Problem], out_dir: P
         raise ColdStartError(f"sft.coldstart=long_short needs two agents (long, short); the recipe has "
                              f"{len(roles)} ({', '.join(roles)}): use sft.coldstart=entropy_skip for one agent")
     return write_coldstart(problems, out_dir, config.seed, roles=roles)
+
+
+@COLDSTART.register("synthesis")
+def synthesis_coldstart(config: Config, problems: Sequence[Problem], out_dir: Path) -> dict[str, Path]:
+    """The paper's cold start: a teacher's long chains, chunked into thoughts, scored by Monte Carlo
+    rollouts, synthesised into long/short transcripts (``longshort.analysis.coldstart_builder``;
+    settings: ``sft.synthesis``). Resumable per problem; the counts of kept and dropped problems are
+    logged and written to ``synthesis_summary.json``."""
+    from longshort.analysis.coldstart_builder import DROP_REASONS, build
+
+    roles = tuple(config.agents)
+    if len(roles) != 2:
+        raise ColdStartError(f"sft.coldstart=synthesis needs two agents (long, short); the recipe has "
+                             f"{len(roles)} ({', '.join(roles)})")
+    transcripts, summary = build(config, problems, Path(out_dir))
+    if not transcripts:
+        why = "; ".join(f"{n} {DROP_REASONS[reason]}" for reason, n in summary["dropped"].items())
+        raise ColdStartError(f"no cold-start transcripts could be synthesised from {summary['problems']} problems "
+                             f"({why or 'no problems'}): use a stronger sft.synthesis.teacher, more "
+                             "sft.synthesis.rollouts, or more problems")
+    renamed = {"long": roles[0], "short": roles[1]}
+    records = [{**t, "plan": "synthesis", "turns": [{**turn, "role": renamed[turn["role"]]} for turn in t["turns"]]}
+               for t in transcripts]
+    return {role: _write_records([{**record, "role": role} for record in records
+                                  if any(turn["role"] == role for turn in record["turns"])],
+                                 Path(out_dir) / f"{role}.jsonl") for role in roles}
 
 
 @COLDSTART.register("entropy_skip")
@@ -215,7 +272,7 @@ def entropy_skip_coldstart(config: Config, problems: Sequence[Problem], out_dir:
         chains = [(by_id[chain.problem_id], chain.thinking) for chain in written]
     else:
         kinds = {}
-        chains = [(p, DELIMITER.join(s.strip() for s in p.meta.get("steps") or [] if s.strip())) for p in problems]
+        chains = [(p, DELIMITER.join(s.strip() for s in gold_steps(p))) for p in problems]
     chains = [(p, chain) for p, chain in chains if chain]
     if not chains:
         raise ColdStartError("no cold-start examples could be built: the problems carry no gold solution steps "

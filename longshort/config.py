@@ -91,6 +91,9 @@ class DataSourceConfig:
     max_steps: int = _f(3, "Synthetic data: most arithmetic steps per problem.")
     prompt_key: str = _f("problem", "JSONL/Hub field holding the question.")
     answer_key: str = _f("answer", "JSONL/Hub field holding the gold answer.")
+    answer_from: str = _f("field", "JSONL/Hub sources: field keeps answer_key's text as the gold answer; boxed takes "
+                          "the last \\boxed{} in it (MATH's solutions), keeping the text in meta.solution.",
+                          ("field", "boxed"))
 
 
 @dataclass
@@ -161,9 +164,47 @@ class TrainerConfig:
 
 
 @dataclass
+class SynthesisColdstartConfig:
+    """``sft.coldstart: synthesis``: the paper's cold start from a teacher's long chains of thought."""
+
+    teacher: str = _f("smollm2-135m", "Model that writes the long chains and answers the Monte Carlo rollouts "
+                      "(the paper: an R1-distill model, e.g. deepseek-ai/DeepSeek-R1-Distill-Qwen-7B).")
+    engine: str = _f("hf", "Engine serving the teacher: hf (embedded), vllm (on the node's GPUs), remote (a served model).",
+                     ("hf", "vllm", "remote"))
+    remote_url: Optional[str] = _f(None, "engine=remote: base URL of the OpenAI-compatible server serving `teacher`.")
+    dtype: str = _f("auto", "Teacher weights dtype (hf and vllm engines).")
+    chains: Optional[str] = _f(None, "JSONL of existing chains ({id or problem/question, response or thought}) used "
+                               "instead of generating them; the teacher still scores the thoughts.")
+    format: str = _f("forced", "r1: no system prompt, the teacher answers freely after </think> (R1-distill models); "
+                     "forced: a step-by-step system prompt and a forced '\\boxed{' answer (chat models).", ("r1", "forced"))
+    chain_tokens: int = _f(2048, "Token budget of one generated chain of thought.")
+    chain_temperature: float = _f(0.6, "Sampling temperature of the chains (R1's recommended 0.6).")
+    chunker: str = _f("rule", "How steps are grouped into thoughts: rule (discourse markers) or llm (the paper's "
+                      "prompt, on the teacher; falls back to rule when it fails).", ("rule", "llm"))
+    thought_min_steps: int = _f(2, "Rule chunker: a marker starts a new thought only after this many steps.")
+    thought_max_steps: int = _f(12, "Rule chunker: most steps in one thought.")
+    rollouts: int = _f(5, "N: answers sampled after every prefix of thoughts (the paper's Fig. 1: 5).")
+    rollout_temperature: float = _f(0.6, "Sampling temperature of the rollouts.")
+    answer_tokens: int = _f(512, "Token budget of one rollout's answer after </think>.")
+    decay: str = _f("exp", "delta(y_i) of the importance score S_i = A_i * delta(y_i).", ("exp", "linear"))
+    lam: float = _f(1.0, "Rate of the exp decay.")
+    top_fraction: float = _f(0.3, "Share of a chain's thoughts (highest S_i) the long agent writes in full.")
+    threshold: Optional[float] = _f(None, "Instead of top_fraction: thoughts with S_i >= threshold are the long agent's.")
+    max_chars: int = _f(300, "Rule compressor: characters per short turn.")
+    compressor: str = _f("rule", "How the short agent's turns are compressed: rule, or llm (the teacher rewrites).",
+                         ("rule", "llm"))
+    batch_problems: int = _f(16, "Problems processed together; progress is saved after each batch (resumable).")
+    max_batch_size: int = _f(32, "hf engine: most sequences decoded at once.")
+    tensor_parallel_size: int = _f(1, "vllm engine: GPUs per teacher engine.")
+    gpu_memory_utilization: float = _f(0.9, "vllm engine: fraction of GPU memory the teacher may take.")
+
+
+@dataclass
 class SFTConfig:
     coldstart: str = _f("long_short", "Cold-start builder (longshort.coldstart): long_short transcripts from gold steps, "
+                        "synthesis: the paper's (a teacher's long chains, chunked, scored by Monte Carlo rollouts), "
                         "or entropy_skip: gold chains with their lowest-entropy steps pruned to [SKIP].")
+    synthesis: SynthesisColdstartConfig = _f(SynthesisColdstartConfig(), "Settings of sft.coldstart=synthesis.")
     skip_kappa: float = _f(0.8, "entropy_skip: share of each chain's steps pruned (the lowest step entropy first).")
     chains: str = _f("gold", "entropy_skip: prune the gold solutions, or long chains with known redundancy "
                      "(longshort.longchains; the longcot builder always uses those).", ("gold", "long"))

@@ -288,6 +288,23 @@ def _postprocess_gpqa(problem: Problem, row: Mapping[str, Any]) -> Problem:
     return Problem(problem.id, choice_prompt(stem, choices), CHOICE_LETTERS[correct], meta)
 
 
+# ---------------------------------------------------------------- answers inside solutions (MATH)
+
+
+def boxed_answer(problem: Problem, row: Mapping[str, Any]) -> Problem:
+    """The gold answer is the last ``\\boxed{}`` of the answer field (a whole MATH solution); the
+    full text is kept in ``meta["solution"]``. Taken at load time, so a grader never has to find the
+    box in a solution (math-verify credits some wrong answers against a whole solution)."""
+    from longshort.verify import extract_boxed
+
+    boxed = extract_boxed(problem.answer)
+    if boxed is None or not boxed.strip():
+        raise ValueError(f"answer_from=boxed but the answer has no \\boxed{{}}: {problem.answer[-80:]!r}; fix the "
+                         "row, or set answer_from=field to keep the text as the answer")
+    meta = {**problem.meta, "solution": problem.meta.get("solution") or problem.answer}
+    return Problem(problem.id, problem.prompt, boxed.strip(), meta)
+
+
 # ---------------------------------------------------------------- GSM8K
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
@@ -440,6 +457,8 @@ def load_source(source: "DataSourceConfig", seed: int) -> list[Problem]:
     kw: dict[str, Any] = {"limit": source.limit}
     if kind in ("jsonl", "hub"):
         kw.update(prompt_key=source.prompt_key, answer_key=source.answer_key)
+        if source.answer_from == "boxed":
+            kw["postprocess"] = boxed_answer
     if kind == "hub":
         kw["split"] = source.split
     return load_problems(source.source, **kw)

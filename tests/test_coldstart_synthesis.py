@@ -1,0 +1,150 @@
+"""``sft.coldstart: synthesis``: chains -> steps -> thoughts -> Monte Carlo importance -> transcripts,
+resumable per problem; and the gold-steps builder on MATH-style solutions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from longshort.analysis import coldstart_builder
+from longshort.coldstart import ColdStartError, build_transcripts, load_coldstart, solution_steps
+from longshort.config import load_config
+from longshort.data import Problem
+from longshort.engines.base import Generation, SamplingParams
+from longshort.models import tiny_tokenizer
+from longshort.registry import COLDSTART
+
+KEY = "so x = 5"  # the thought that makes the teacher's answers right
+
+
+class KeyedTeacher:
+    """A teacher whose rollout answers are right exactly when the thinking so far holds ``KEY``:
+    importance is known in advance. ``fail_on`` raises for one question (a run killed mid-way)."""
+
+    def __init__(self, tokenizer, fail_on: str | None = None):
+        self.tokenizer = tokenizer
+        self.fail_on = fail_on
+        self.questions: list[str] = []
+
+    async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> Generation:
+        prompt = self.tokenizer.decode(prompt_ids)
+        if self.fail_on and self.fail_on in prompt:
+            raise RuntimeError("killed")
+        self.questions.append(prompt)
+        text = ("5" if KEY in prompt else "6" if "y = 6" in prompt else "0") + "}$"
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return Generation(ids, [-0.1] * len(ids), text, "stop", "}$")
+
+
+def chain(*thoughts: str) -> str:
+    return "<think>\n" + "\n\n".join(thoughts) + "\n</think>\n\nThe answer is 5."
+
+
+PROBLEMS = [Problem("p0", "Find x when x - 2 = 3.", "5"), Problem("p1", "Find y when y - 4 = 2.", "6"),
+            Problem("p2", "Find z when z + 1 = 8.", "7"), Problem("p3", "Find w.", "1")]
+CHAINS = [
+    {"id": "p0", "response": chain("Okay, we need x.", "Subtract: x - 2 = 3.", f"Add 2, {KEY}.",
+                                   "Wait, let me verify: 5 - 2 = 3.", "Yes.")},
+    {"problem": "Find y when y - 4 = 2.", "response": chain("We need y.", "Adding 4 gives y = 6.")},
+    {"id": "p2", "response": chain("Hmm.", "I am not sure.")},  # never reaches 7
+]
+
+
+def synthesis_config(tmp_path: Path, *overrides: str):
+    chains = tmp_path / "chains.jsonl"
+    chains.write_text("".join(json.dumps(row) + "\n" for row in CHAINS))
+    return load_config("tiny", ["sft.coldstart=synthesis", f"sft.synthesis.chains={chains}",
+                                "sft.synthesis.rollouts=2", "sft.synthesis.thought_min_steps=1",
+                                "sft.synthesis.thought_max_steps=1", "sft.synthesis.top_fraction=0.2",
+                                *overrides])
+
+
+def test_chains_file_to_transcripts_with_counts(tmp_path, monkeypatch):
+    teacher = KeyedTeacher(tiny_tokenizer())
+    monkeypatch.setattr(coldstart_builder, "teacher_engine", lambda settings, seed: teacher)
+    config = synthesis_config(tmp_path)
+    out = tmp_path / "coldstart"
+    paths = COLDSTART.get("synthesis")(config, PROBLEMS, out)
+
+    summary = json.loads((out / coldstart_builder.SUMMARY_FILE).read_text())
+    assert summary["kept"] == 2 and summary["dropped"] == {"never_reaches_gold": 1, "no_chain": 1}
+    long_rows, short_rows = load_coldstart(paths["long"]), load_coldstart(paths["short"])
+    assert [r["id"] for r in short_rows] == ["p0", "p1"] and all(r["role"] == "short" for r in short_rows)
+    p0 = short_rows[0]
+    # one thought per step; S_i favours the first thought that reaches the answer: thought 0 (always) and
+    # "Add 2, so x = 5." are written in full by the long agent, the rest compressed by the short agent
+    assert [t["role"] for t in p0["turns"]] == ["long", "short", "long", "short"]
+    assert KEY in p0["turns"][2]["text"] and "Okay, we need x." in p0["turns"][0]["text"]
+    assert p0["turns"][-1]["text"].endswith("\\boxed{5}.\n</answer>")
+    progress = [json.loads(line) for line in (out / coldstart_builder.PROGRESS_FILE).read_text().splitlines()]
+    p0_row = next(r for r in progress if r["id"] == "p0")
+    assert p0_row["accuracy"] == [0.0, 0.0, 1.0, 1.0, 1.0] and p0_row["chain"] == "file"
+    assert {r["id"] for r in long_rows} == {"p0", "p1"}
+
+
+def test_a_killed_run_continues_with_the_problems_not_done(tmp_path, monkeypatch):
+    tok = tiny_tokenizer()
+    config = synthesis_config(tmp_path, "sft.synthesis.batch_problems=1")
+    out = tmp_path / "coldstart"
+    monkeypatch.setattr(coldstart_builder, "teacher_engine", lambda s, seed: KeyedTeacher(tok, fail_on="Find y"))
+    with pytest.raises(RuntimeError, match="killed"):
+        COLDSTART.get("synthesis")(config, PROBLEMS, out)
+    lines = (out / coldstart_builder.PROGRESS_FILE).read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["p0"]
+    with (out / coldstart_builder.PROGRESS_FILE).open("a") as handle:
+        handle.write('{"id": "p1", "sta')  # torn by the kill: redone
+
+    teacher = KeyedTeacher(tok)
+    monkeypatch.setattr(coldstart_builder, "teacher_engine", lambda s, seed: teacher)
+    paths = COLDSTART.get("synthesis")(config, PROBLEMS, out)
+    assert not any("Find x" in q for q in teacher.questions)  # p0 was not scored again
+    assert [r["id"] for r in load_coldstart(paths["short"])] == ["p0", "p1"]
+
+    changed = synthesis_config(tmp_path, "sft.synthesis.batch_problems=4", "sft.synthesis.rollouts=3")
+    with pytest.raises(coldstart_builder.SynthesisError, match="rollouts changed"):
+        COLDSTART.get("synthesis")(changed, PROBLEMS, out)
+
+
+def test_no_transcript_at_all_fails_with_the_reasons(tmp_path, monkeypatch):
+    monkeypatch.setattr(coldstart_builder, "teacher_engine", lambda s, seed: KeyedTeacher(tiny_tokenizer()))
+    with pytest.raises(ColdStartError, match="1 no prefix of its thoughts leads the rollouts to the gold answer"):
+        COLDSTART.get("synthesis")(synthesis_config(tmp_path), PROBLEMS[2:3], tmp_path / "out")
+
+
+def test_math_solutions_are_cut_into_steps_for_the_gold_steps_builder():
+    one_paragraph = ("We have $r = \\sqrt{0^2 + 3^2} = 3.$  Also, the angle is $\\frac{\\pi}{2}.$ "
+                     "Therefore, the answer is $\\boxed{3}.$")
+    assert solution_steps(one_paragraph) == ["We have $r = \\sqrt{0^2 + 3^2} = 3.$", "Also, the angle is $\\frac{\\pi}{2}.$",
+                                             "Therefore, the answer is $\\boxed{3}.$"]
+    assert solution_steps("First $x. Y$ here.\n\nSecond.\n\n[asy]\ndraw((0,0));\n\ndot((1,1));\n[/asy]\n\nThird.") == [
+        "First $x. Y$ here.", "Second.", "Third."]
+    problems = [Problem(f"m{i}", "Compute $1+2$.", "3", {"solution": one_paragraph}) for i in range(3)]
+    records = build_transcripts(problems, seed=0)
+    assert len(records) == 3 and all(r["turns"][-1]["text"].endswith("\\boxed{3} </answer>") for r in records)
+
+
+@pytest.mark.slow
+def test_smollm2_teacher_on_synthetic_problems(tmp_path):
+    """The whole stage with a real model writing the chains and answering the rollouts."""
+    from longshort.data import load_problems
+
+    config = load_config("tiny", ["sft.coldstart=synthesis", "sft.synthesis.teacher=smollm2-135m",
+                                  "sft.synthesis.chain_tokens=96", "sft.synthesis.rollouts=4",
+                                  "sft.synthesis.answer_tokens=12", "sft.synthesis.thought_max_steps=2",
+                                  "sft.synthesis.thought_min_steps=1", "sft.synthesis.dtype=fp32"])
+    problems = load_problems("synthetic:train", limit=8, min_steps=1, max_steps=1, seed=3)
+    out = tmp_path / "coldstart"
+    try:
+        paths = COLDSTART.get("synthesis")(config, problems, out)
+    except ColdStartError as error:  # all dropped: still a full run of every piece; the reasons are counted
+        assert "no prefix of its thoughts" in str(error)
+        paths = None
+    summary = json.loads((out / coldstart_builder.SUMMARY_FILE).read_text())
+    progress = [json.loads(line) for line in (out / coldstart_builder.PROGRESS_FILE).read_text().splitlines()]
+    assert summary["problems"] == len(progress) == 8 and summary["kept"] + sum(summary["dropped"].values()) == 8
+    assert all(row["chain"] == "teacher" and row["chain_tokens"] > 0 for row in progress)
+    scored = [row for row in progress if "scores" in row]
+    assert scored and all(0 <= s <= a <= 1 for row in scored for s, a in zip(row["scores"], row["accuracy"]))
+    if paths is not None:
+        assert all(r["turns"][-1]["text"].endswith("</answer>") for r in load_coldstart(paths["short"]))
