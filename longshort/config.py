@@ -203,7 +203,8 @@ class SynthesisColdstartConfig:
 class SFTConfig:
     coldstart: str = _f("long_short", "Cold-start builder (longshort.coldstart): long_short transcripts from gold steps, "
                         "synthesis: the paper's (a teacher's long chains, chunked, scored by Monte Carlo rollouts), "
-                        "or entropy_skip: gold chains with their lowest-entropy steps pruned to [SKIP].")
+                        "entropy_skip: gold chains with their lowest-entropy steps pruned to [SKIP], or longcot: "
+                        "one model's long chains with known redundancy (longshort.longchains).")
     synthesis: SynthesisColdstartConfig = _f(SynthesisColdstartConfig(), "Settings of sft.coldstart=synthesis.")
     skip_kappa: float = _f(0.8, "entropy_skip: share of each chain's steps pruned (the lowest step entropy first).")
     chains: str = _f("gold", "entropy_skip: prune the gold solutions, or long chains with known redundancy "

@@ -54,17 +54,19 @@ def test_the_tiny_table_runs_end_to_end_resumes_without_redoing_rows_and_writes_
     spec = load_table(str(path))
     done: list[str] = []
 
-    def failing_at_skip(command, layout):
-        if command.key == "train_skip":
-            raise RuntimeError("simulated failure")
+    def killed_after_skip_training(command, layout):
         done.append(command.key)
-        return reproduce.execute(command, layout)
+        seconds = reproduce.execute(command, layout)
+        if command.key == "train_skip":  # dies after the run's own work, before reproduce marks it done
+            raise RuntimeError("simulated kill")
+        return seconds
 
-    with pytest.raises(RuntimeError, match="simulated failure"):
-        reproduce.run_table(spec, tmp_path / "table", runner=failing_at_skip)
-    assert done == ["train_longcot", "train_longshort"]
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        reproduce.run_table(spec, tmp_path / "table", runner=killed_after_skip_training)
+    assert done == ["train_longcot", "train_longshort", "train_skip"]
     finished = tmp_path / "table" / "runs" / "longcot" / "eval" / "sft" / "results.json"
-    stamp = finished.stat().st_mtime_ns
+    skip_weights = tmp_path / "table" / "runs" / "skip" / "sft" / "single" / "final" / "model.safetensors"
+    stamps = finished.stat().st_mtime_ns, skip_weights.stat().st_mtime_ns
 
     again: list[str] = []
 
@@ -74,7 +76,7 @@ def test_the_tiny_table_runs_end_to_end_resumes_without_redoing_rows_and_writes_
 
     table = reproduce.run_table(spec, tmp_path / "table", runner=counting)
     assert again == ["train_skip", "analysis_step_entropy"]  # finished rows are not redone
-    assert finished.stat().st_mtime_ns == stamp
+    assert (finished.stat().st_mtime_ns, skip_weights.stat().st_mtime_ns) == stamps  # nor the skip run's stages
     text = table.read_text()
     for row in spec.rows:
         assert f"| {row.label} |" in text
