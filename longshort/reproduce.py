@@ -6,10 +6,11 @@ commands of the existing entry points (``python -m longshort.train``, ``python -
 ``table.json`` and ``plot.png`` into the output folder (default: the spec's ``output_dir``).
 
 Resuming: every command is resumable by itself (the pipeline's ``DONE`` markers and checkpoints,
-the evaluation's per-episode records); reproduce adds ``steps/<key>.done`` after each finished
-command, so a table run killed anywhere and started again skips what finished and lets the command
-it was in continue from its own last save. The analysis command is the exception: it has no partial
-saves, so a kill inside it redoes that one analysis. ``--dry-run`` loads every command's config (a
+the evaluation's per-episode records), and reproduce adds ``steps/<key>-<hash>.done`` after each
+finished command (the hash is of its arguments, so a changed spec runs the command again). A table
+run killed anywhere and started again skips what finished and lets the command it was in continue
+from its own last save. The analysis command is the exception: it has no partial saves, so a kill
+inside it redoes that one analysis. ``--dry-run`` loads every command's config (a
 typo fails here, not hours later) and prints them all, marking those already done; it runs nothing.
 
 Commands run in this process one after another (``gc`` and ``malloc_trim`` between them), with
@@ -18,6 +19,7 @@ Commands run in this process one after another (``gc`` and ``malloc_trim`` betwe
 from __future__ import annotations
 
 import gc
+import hashlib
 import importlib
 import json
 import re
@@ -83,8 +85,11 @@ class Layout:
     def analysis(self, name: str) -> Path:
         return self.root / "analysis" / name
 
-    def marker(self, key: str) -> Path:
-        return self.root / "steps" / f"{key}.done"
+    def marker(self, command: Command) -> Path:
+        """The done marker of a command; named by its arguments too, so a changed spec runs it again (the
+        command itself then skips whatever of its work is still valid)."""
+        digest = hashlib.sha256(command.shell().encode()).hexdigest()[:10]
+        return self.root / "steps" / f"{command.key}-{digest}.done"
 
 
 def substitute(text: str, layout: Layout) -> str:
@@ -182,7 +187,7 @@ def run_table(spec: TableSpec, out: Path, *, runner: Callable[[Command, Layout],
     timings_path = out / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     for command in plan(spec, out):
-        marker = layout.marker(command.key)
+        marker = layout.marker(command)
         if marker.is_file():
             console.print(f"[dim]{command.what}: done already ({marker}); skipping[/dim]")
             continue
@@ -212,7 +217,7 @@ def dry_run(spec: TableSpec, out: Path) -> list[Command]:
                 load_config(command.recipe, command.overrides)
             except ConfigError as err:
                 raise TableError(f"{command.what}: {err}") from None
-        state = "done" if layout.marker(command.key).is_file() else "to run"
+        state = "done" if layout.marker(command).is_file() else "to run"
         print(f"# {command.what} [{state}]\n{command.shell()}")
     return commands
 
