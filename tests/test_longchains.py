@@ -67,3 +67,18 @@ def test_problems_without_steps_are_refused_or_left_out():
     assert [c.problem_id for c in long_chains([bare, GSM8K_STYLE])] == ["gsm8k-like-1"]
     with pytest.raises(ValueError, match="redundancy"):
         long_chain(GSM8K_STYLE, redundancy=1.0)
+
+
+def test_pruning_is_scored_against_the_recorded_redundancy():
+    from longshort.analysis.redundancy import score_pruning, teacher_forced_control
+
+    score = score_pruning([([True, False, True, True], [0, 1]), ([False, True], [1])])
+    assert (score.removed, score.removed_redundant, score.redundant) == (3, 2, 4)
+    assert score.precision == pytest.approx(2 / 3) and score.recall == pytest.approx(0.5)
+    model, tokenizer = tiny_model(seed=0)
+    problems = synthetic_problems(5, min_steps=1, max_steps=2, seed=13)
+    chains = long_chains(problems)
+    result = teacher_forced_control(model, tokenizer, chains, [p.prompt for p in problems], kappa=0.8)
+    expected = sum(int(0.8 * len(c.steps) + 1e-9) for c in chains)
+    assert {s["removed"] for s in result["strategies"].values()} == {expected}
+    assert set(result["kinds"]) <= set(KINDS) and GOLD in result["kinds"]
