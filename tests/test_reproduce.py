@@ -30,17 +30,15 @@ def toy_tiny_spec(tiny_dir: Path, out: Path) -> Path:
     """recipes/tables/tiny.yaml at toy sizes on the tiny random model: the same runs, rows and links."""
     spec = yaml.safe_load((table_dir() / "tiny.yaml").read_text())
     spec["output_dir"] = str(out)
-    spec["overrides"] += ["data.train.limit=8", "data.eval.limit=4", "sft.examples=8", "sft.epochs=1",
-                          "sft.batch_size=4", "sft.max_length=2048", "sft.save_every=1", "trainer.steps=2",
-                          "trainer.save_every=1", "rollout.problems_per_step=2", "rollout.group_size=2",
-                          "eval.max_new_tokens=12", "eval.max_turns=2"]
-    runs = spec["runs"]
-    runs["longcot"]["overrides"] = _agents(tiny_dir, ("single",))
+    toy = ["data.train.limit=8", "data.eval.limit=4", "sft.examples=8", "sft.epochs=1", "sft.batch_size=4",
+           "sft.max_length=2048", "sft.save_every=1", "trainer.steps=2", "trainer.save_every=1",
+           "rollout.problems_per_step=2", "rollout.group_size=2", "eval.max_new_tokens=12", "eval.max_turns=2"]
+    runs = spec["runs"]  # toy sizes after each run's own sizes, so they win
+    runs["longcot"]["overrides"] += [*toy, *_agents(tiny_dir, ("single",))]
     # A random model's rollouts never reach the gold answer, so the synthesis builder would keep no
     # transcript; the toy table cold-starts the pair from gold steps instead (synthesis has its own test).
-    runs["longshort"]["overrides"] = [*runs["longshort"]["overrides"], *_agents(tiny_dir, ("long", "short")),
-                                      "sft.coldstart=long_short"]
-    runs["skip"]["overrides"] = [*_agents(tiny_dir, ("single",), "{runs.longcot}/sft/single/final")]
+    runs["longshort"]["overrides"] += [*toy, *_agents(tiny_dir, ("long", "short")), "sft.coldstart=long_short"]
+    runs["skip"]["overrides"] += [*toy, *_agents(tiny_dir, ("single",), "{runs.longcot}/sft/single/final")]
     args = spec["analyses"]["step_entropy"]["args"]
     for flag, value in (("--limit", "4"), ("--chain-tokens", "12"), ("--answer-tokens", "4")):
         args[args.index(flag) + 1] = value
