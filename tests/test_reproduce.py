@@ -87,6 +87,16 @@ def test_the_tiny_table_runs_end_to_end_resumes_without_redoing_rows_and_writes_
     assert set(json.loads((tmp_path / "table" / "timings.json").read_text())) == {
         "train_longcot", "train_longshort", "train_skip", "analysis_step_entropy"}
     assert reproduce.main([f"table={path}"]) == 0  # everything done: only the table is written again
+    runs = tmp_path / "table" / "runs"
+    longcot = [json.loads(line) for line in (runs / "longcot" / "sft" / "coldstart" / "single.jsonl").open()]
+    for record in longcot:  # the long-CoT model learns long chains whose redundant steps are recorded
+        text, kinds = record["turns"][0]["text"], record["meta"]["kinds"]
+        assert text.startswith("<think>\n") and text.endswith(f"\\boxed{{{record['answer']}}}$.")
+        assert text.split("</think>")[0].count("\n\n") == len(kinds) - 1 and kinds.count("gold") < len(kinds)
+    skip = [json.loads(line) for line in (runs / "skip" / "sft" / "coldstart" / "single.jsonl").open()]
+    for record in skip:  # the [SKIP] cold start prunes the long chains, and knows which steps were redundant
+        meta = record["meta"]
+        assert len(meta["kinds"]) == len(meta["step_entropy"]) and len(meta["pruned"]) == int(0.8 * len(meta["kinds"]) + 1e-9)
 
 
 def test_paper_dry_run_lists_every_rows_commands(capsys, tmp_path):
