@@ -105,12 +105,14 @@ def plan(spec: TableSpec, out: Path) -> list[Command]:
         rows = [row for row in spec.rows if row.run == name]
         stages = ["data", "sft"] + (["rl"] if any(row.weights == "rl" for row in rows) else [])
         weights = [w for w in ("sft", "rl") if any(row.weights == w for row in rows)]
+        evaluated = spec.heldout and bool(weights)  # held-out columns: the pipeline's eval stage measures the rows
         overrides = [substitute(o, layout) for o in (*spec.overrides, *run.overrides)]
-        args = [f"output_dir={layout.run(name)}", f"stages=[{','.join(stages + (['eval'] if spec.heldout and weights else []))}]"]
-        if spec.heldout and weights:
+        args = [f"output_dir={layout.run(name)}", f"stages=[{','.join(stages + ['eval'] * evaluated)}]"]
+        if evaluated:
             args.append(f"eval.weights=[{','.join(weights)}]")
-        commands.append(Command(f"train_{name}", "longshort.train", [f"recipe={run.recipe}", *args, *overrides],
-                                f"train run '{name}' ({run.recipe}: {', '.join(stages)})", run.recipe, [*args, *overrides]))
+        args += overrides
+        commands.append(Command(f"train_{name}", "longshort.train", [f"recipe={run.recipe}", *args],
+                                f"train run '{name}' ({run.recipe}: {', '.join(stages)})", run.recipe, args))
     for name, analysis in spec.analyses.items():
         args = [substitute(a, layout) for a in analysis.args] + ["--out", str(layout.analysis(name))]
         commands.append(Command(f"analysis_{name}", analysis.module, args, f"analysis '{name}'"))

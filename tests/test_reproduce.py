@@ -96,7 +96,8 @@ def test_the_tiny_table_runs_end_to_end_resumes_without_redoing_rows_and_writes_
     skip = [json.loads(line) for line in (runs / "skip" / "sft" / "coldstart" / "single.jsonl").open()]
     for record in skip:  # the [SKIP] cold start prunes the long chains, and knows which steps were redundant
         meta = record["meta"]
-        assert len(meta["kinds"]) == len(meta["step_entropy"]) and len(meta["pruned"]) == int(0.8 * len(meta["kinds"]) + 1e-9)
+        assert len(meta["kinds"]) == len(meta["step_entropy"])
+        assert len(meta["pruned"]) == int(0.8 * len(meta["kinds"]) + 1e-9)
 
 
 def test_paper_dry_run_lists_every_rows_commands(capsys, tmp_path):

@@ -83,7 +83,9 @@ def teacher_forced_control(model, tokenizer, chains, questions: Sequence[str], *
     """Step entropy of written long chains under ``model`` (one teacher-forced pass), and what each
     pruning rule removes at ``kappa``: the positive control of step entropy, with the truth known.
 
-    Returns ``{"strategies": {strategy: score dict}, "kinds": {kind: mean step entropy}, "steps": n}``.
+    Steps are ranked by their mean token entropy (the paper's v2 score, what ``entropy_skip`` uses) and,
+    for comparison, by the sum (v1). Returns ``{"strategies": {strategy: score dict}, "by_total":
+    {strategy: score dict}, "kinds": {kind: mean step entropy}, "steps": n}``.
     """
     from longshort.analysis.chains import ChainFormat
     from longshort.analysis.pruning import STRATEGIES, select_steps
@@ -100,15 +102,20 @@ def teacher_forced_control(model, tokenizer, chains, questions: Sequence[str], *
         segmented.append(steps)
         sequences.append((fmt.thinking_prompt_ids(tokenizer, question),
                           tokenizer.encode(chain.thinking, add_special_tokens=False)))
-    scores = [step_entropies(e, s).mean for e, s in zip(token_entropies(model, sequences), segmented)]
+    entropies = [step_entropies(e, s) for e, s in zip(token_entropies(model, sequences), segmented)]
+    scores = [e.mean for e in entropies]
     by_kind: dict[str, list[float]] = {}
     for chain, chain_scores in zip(chains, scores):
         for kind, value in zip(chain.kinds, chain_scores):
             by_kind.setdefault(kind, []).append(value)
-    strategies = {strategy: score_pruning(
-        (chain.redundant, select_steps(s, kappa, strategy, seed=f"{seed}:{chain.problem_id}"))
-        for chain, s in zip(chains, scores)).to_dict() for strategy in STRATEGIES}
-    return {"kappa": kappa, "strategies": strategies, "steps": sum(len(c.steps) for c in chains),
+
+    def rules(per_chain: list[list[float]]) -> dict:
+        return {strategy: score_pruning(
+            (chain.redundant, select_steps(s, kappa, strategy, seed=f"{seed}:{chain.problem_id}"))
+            for chain, s in zip(chains, per_chain)).to_dict() for strategy in STRATEGIES}
+
+    return {"kappa": kappa, "strategies": rules(scores), "by_total": rules([e.total for e in entropies]),
+            "steps": sum(len(c.steps) for c in chains),
             "kinds": {kind: sum(v) / len(v) for kind, v in sorted(by_kind.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))}}
 
 
@@ -141,9 +148,11 @@ def main(argv: list[str] | None = None) -> None:
     result["seconds"] = round(time.perf_counter() - began, 1)
     print(f"{args.model}: {len(chains)} long chains, {result['steps']} steps, redundancy {args.redundancy}; "
           f"pruning {args.kappa:.0%} of each chain's steps ({result['seconds']} s)")
-    for strategy, score in result["strategies"].items():
-        print(f"  {strategy:>6}: {score['removed']} steps removed, {100 * (score['precision'] or 0):.1f}% of them "
-              f"redundant; {100 * (score['recall'] or 0):.1f}% of the redundant steps removed")
+    for ranking, key in (("mean", "strategies"), ("sum", "by_total")):
+        for strategy, score in result[key].items():
+            print(f"  {strategy:>6} ({ranking} entropy): {score['removed']} steps removed, "
+                  f"{100 * (score['precision'] or 0):.1f}% of them redundant; "
+                  f"{100 * (score['recall'] or 0):.1f}% of the redundant steps removed")
     print("  mean step entropy by kind (bits): " + ", ".join(f"{k} {v:.2f}" for k, v in result["kinds"].items()))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
