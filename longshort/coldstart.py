@@ -247,7 +247,9 @@ def entropy_skip_coldstart(config: Config, problems: Sequence[Problem], out_dir:
     """The step-entropy paper's SFT data, one single-turn example per problem and agent.
 
     The paper prunes a model's own long chains; here the chain is the problem's gold solution, one
-    step per paragraph, which is what a small model can learn from. Each agent's own starting model
+    step per paragraph, which is what a small model can learn from, or with ``sft.chains=long`` its
+    long chain with known redundancy (``longshort.longchains``; ``meta["kinds"]`` then says which
+    pruned steps were truly redundant). Each agent's own starting model
     (with its ``add_tokens``, so ``[SKIP]`` is one token) scores every chain in one teacher-forced
     pass after the agent's prompt and ``<think>\n``; the ``floor(sft.skip_kappa x N)`` steps with the
     lowest mean token entropy become ``rewards.skip.placeholder``. The target is the paper's shape,
@@ -262,7 +264,17 @@ def entropy_skip_coldstart(config: Config, problems: Sequence[Problem], out_dir:
     from longshort.models import load_configured
     from longshort.rollout import build_agents
 
-    chains = [(p, DELIMITER.join(s.strip() for s in gold_steps(p))) for p in problems]
+    if config.sft.chains == "long":
+        from longshort.longchains import long_chain
+
+        written = [long_chain(p, redundancy=config.sft.redundancy, seed=config.seed) for p in problems
+                   if any(s.strip() for s in p.meta.get("steps") or [])]
+        kinds = {chain.problem_id: list(chain.kinds) for chain in written}
+        by_id = {p.id: p for p in problems}
+        chains = [(by_id[chain.problem_id], chain.thinking) for chain in written]
+    else:
+        kinds = {}
+        chains = [(p, DELIMITER.join(s.strip() for s in gold_steps(p))) for p in problems]
     chains = [(p, chain) for p, chain in chains if chain]
     if not chains:
         raise ColdStartError("no cold-start examples could be built: the problems carry no gold solution steps "
@@ -285,7 +297,10 @@ def entropy_skip_coldstart(config: Config, problems: Sequence[Problem], out_dir:
             record = sft_example(problem.id, problem.prompt, problem.answer, thinking,
                                  f"The answer is \\boxed{{{problem.answer}}}.", role)
             if agents[role].check_format(record["turns"][0]["text"], "stop").ok:
-                records.append({**record, "meta": {"step_entropy": scores, "pruned": pruned}})
+                meta = {"step_entropy": scores, "pruned": pruned}
+                if problem.id in kinds:
+                    meta["kinds"] = kinds[problem.id]
+                records.append({**record, "meta": meta})
         logger.info("cold start (entropy_skip): %d/%d examples for %s", len(records), len(chains), role)
         paths[role] = _write_records(records, Path(out_dir) / f"{role}.jsonl")
         del model
@@ -314,3 +329,33 @@ def load_coldstart(path: str | Path, role: str | None = None) -> list[dict]:
             if role is None or record.get("role", role) == role:
                 records.append(record)
     return records
+
+
+@COLDSTART.register("longcot")
+def longcot_coldstart(config: Config, problems: Sequence[Problem], out_dir: Path) -> dict[str, Path]:
+    """A long-CoT model's SFT data: each problem's long chain with known redundancy (``longshort.longchains``,
+    ``sft.redundancy`` of its steps redundant) as one single-turn example per agent, in the R1 layout
+    ``<think>\\n`` chain ``\\n</think>\\n\\n`` ``The final answer is $\\boxed{...}$.``; the analogue of
+    distilling R1 into a small model. ``meta`` records each step's kind (``gold`` or redundant), so
+    later analyses can score pruning against the truth."""
+    from longshort.analysis.skip import sft_example
+    from longshort.longchains import long_chains
+    from longshort.rollout import build_agents
+
+    chains = long_chains(problems, redundancy=config.sft.redundancy, seed=config.seed)
+    if not chains:
+        raise ColdStartError("no long chains could be written: the problems carry no gold solution steps "
+                             "(meta['steps']); use synthetic or GSM8K problems for sft.coldstart=longcot")
+    questions = {p.id: p.prompt for p in problems}
+    agents = build_agents(config)
+    paths = {}
+    for role in config.agents:
+        records = []
+        for chain in chains:
+            record = sft_example(chain.problem_id, questions[chain.problem_id], chain.answer, chain.thinking,
+                                 chain.final, role)
+            if agents[role].check_format(record["turns"][0]["text"], "stop").ok:
+                records.append({**record, "meta": {"kinds": list(chain.kinds)}})
+        logger.info("cold start (longcot): %d/%d long chains for %s", len(records), len(chains), role)
+        paths[role] = _write_records(records, Path(out_dir) / f"{role}.jsonl")
+    return paths

@@ -204,9 +204,13 @@ class SynthesisColdstartConfig:
 class SFTConfig:
     coldstart: str = _f("long_short", "Cold-start builder (longshort.coldstart): long_short transcripts from gold steps, "
                         "synthesis: the paper's (a teacher's long chains, chunked, scored by Monte Carlo rollouts), "
-                        "or entropy_skip: gold chains with their lowest-entropy steps pruned to [SKIP].")
+                        "entropy_skip: gold chains with their lowest-entropy steps pruned to [SKIP], or longcot: "
+                        "one model's long chains with known redundancy (longshort.longchains).")
     synthesis: SynthesisColdstartConfig = _f(SynthesisColdstartConfig(), "Settings of sft.coldstart=synthesis.")
     skip_kappa: float = _f(0.8, "entropy_skip: share of each chain's steps pruned (the lowest step entropy first).")
+    chains: str = _f("gold", "entropy_skip: prune the gold solutions, or long chains with known redundancy "
+                     "(longshort.longchains; the longcot builder always uses those).", ("gold", "long"))
+    redundancy: float = _f(0.8, "Long chains (longcot, entropy_skip with chains=long): share of redundant steps.")
     examples: Optional[int] = _f(None, "Cold-start transcripts built from the training problems (None: one per problem).")
     lr: float = _f(1e-5, "Peak learning rate of cold-start SFT.")
     epochs: int = _f(3, "Passes over the cold-start examples.")
@@ -228,6 +232,8 @@ class EvalConfig:
     temperature: float = _f(0.3, "Sampling temperature during evaluation.")
     max_new_tokens: int = _f(2048, "Token budget per turn during evaluation.")
     max_turns: int = _f(8, "Turn cap during evaluation.")
+    weights: List[str] = _f(["base", "sft", "rl"], "Pipeline eval stage: which weights to evaluate on the held-out "
+                            "problems (base, and the sft / rl stages that are in `stages`).")
 
 
 @dataclass
@@ -572,6 +578,10 @@ def _check_consistency(config: Config) -> None:
         if stage not in STAGES:
             raise ConfigError(f"unknown stage '{stage}' in 'stages'{did_you_mean(stage, STAGES)}; "
                               f"stages are: {', '.join(STAGES)}")
+    for weights in config.eval.weights:
+        if weights not in ("base", "sft", "rl"):
+            raise ConfigError(f"unknown weights '{weights}' in 'eval.weights'{did_you_mean(weights, ('base', 'sft', 'rl'))}; "
+                              "choose from: base, sft, rl")
     for role in config.rewards.weights:
         if role not in config.agents:
             raise ConfigError(f"rewards.weights names agent '{role}'{did_you_mean(role, list(config.agents))} "

@@ -131,7 +131,7 @@ def stage_eval(config: Config, run: Path) -> None:
 
     heldout = _problems(run, "eval")
     rows = []
-    for checkpoint in ("base", *[stage for stage in ("sft", "rl") if stage in config.stages]):
+    for checkpoint in [w for w in ("base", "sft", "rl") if w in config.eval.weights and w in ("base", *config.stages)]:
         staged = copy.deepcopy(config)
         for role, path in stage_models(config, run, checkpoint).items():
             staged.agents[role].model.name_or_path = path

@@ -17,7 +17,7 @@ from longshort.evaluation.published import PublishedSystem
 from longshort.evaluation.results import Results
 
 SET_TITLES = {"math500": "MATH500", "aime24": "AIME24", "aime25": "AIME25", "amc23": "AMC23",
-              "gpqa_diamond": "GPQA-D", "gsm8k": "GSM8K", "gsm8k_train": "GSM8K-train"}
+              "gpqa_diamond": "GPQA-D", "gsm8k": "GSM8K", "gsm8k_train": "GSM8K-train", "heldout": "Held-out"}
 
 T = TypeVar("T")
 Cell = tuple[float | None, float | None]  # (accuracy in %, mean tokens); None = unknown
@@ -40,6 +40,7 @@ class Row:
     published: bool = False
     source: str = ""
     notes: dict[str, str] = field(default_factory=dict)  # per-set remarks for the footnote (samples, ...)
+    stderr: dict[str, float] = field(default_factory=dict)  # per-set standard error of the accuracy, in points
 
     def cell(self, name: str) -> Cell:
         return self.cells.get(name, (None, None))
@@ -56,7 +57,8 @@ def _mean(values: list[float | None]) -> float | None:
 
 def row_of(results: Results) -> Row:
     return Row(results.system, {name: (100 * s.accuracy, s.tokens) for name, s in results.sets.items()},
-               notes={name: f"k={s.samples}" for name, s in results.sets.items()})
+               notes={name: f"k={s.samples}" for name, s in results.sets.items()},
+               stderr={name: 100 * s.accuracy_stderr for name, s in results.sets.items()})
 
 
 def row_of_published(system: PublishedSystem, names: Sequence[str]) -> Row:
@@ -111,18 +113,18 @@ def plot(rows: Sequence[Row], names: Sequence[str], path: str | Path) -> Path:
     matplotlib.use("Agg")  # files only: no display on servers, and no GUI backend import cost
     import matplotlib.pyplot as plt
 
-    panels = [(title(name), [row.cell(name) for row in rows]) for name in names]
+    panels = [(title(name), [row.cell(name) for row in rows], [row.stderr.get(name) for row in rows]) for name in names]
     if len(names) > 1:
-        panels.append(("Average", [row.average(names) for row in rows]))
+        panels.append(("Average", [row.average(names) for row in rows], [None] * len(rows)))
     columns = min(3, len(panels))
     figure, axes = plt.subplots(math.ceil(len(panels) / columns), columns, squeeze=False,
                                 figsize=(4.4 * columns, 3.6 * math.ceil(len(panels) / columns)))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     legend: dict[str, object] = {}
-    for ax, (panel, cells) in zip(axes.flat, panels):
+    for ax, (panel, cells, errors) in zip(axes.flat, panels):
         top = max([a for a, _ in cells if a is not None] + [0.0])
         right = max([t for a, t in cells if a is not None and t is not None] + [0.0])
-        for index, (row, (accuracy, tokens)) in enumerate(zip(rows, cells)):
+        for index, (row, (accuracy, tokens), error) in enumerate(zip(rows, cells, errors)):
             colour = colours[index % len(colours)]
             if accuracy is None:
                 continue
@@ -134,11 +136,14 @@ def plot(rows: Sequence[Row], names: Sequence[str], path: str | Path) -> Path:
                 continue
             ax.scatter([tokens], [accuracy], color=colour, marker="*" if row.published else "o", s=60,
                        label=row.system, zorder=3, clip_on=False)  # a point at 0% stays whole
+            if error:  # one standard error of the accuracy over items
+                ax.errorbar([tokens], [accuracy], yerr=[error], color=colour, capsize=3, linewidth=1, zorder=2)
             ax.annotate(f"{row.system}\n{accuracy:.1f}%, {tokens:.0f} tok", (tokens, accuracy), fontsize=7,
                         textcoords="offset points", xytext=(5, 4), color=colour)
         ax.set_title(panel)
         ax.set_xlabel("mean generated tokens per episode")
         ax.set_ylabel("accuracy (%)")
+        top += max([e for e in errors if e] + [0.0])
         ax.set_ylim(0, min(100.0, top * 1.25 + 5))
         ax.set_xlim(0, right * 1.6 if right > 0 else 1.0)  # room on the right for the point labels
         ax.grid(alpha=0.3)
@@ -155,6 +160,46 @@ def plot(rows: Sequence[Row], names: Sequence[str], path: str | Path) -> Path:
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+# ------------------------------------------------------------------------------------- comparison
+
+
+def comparison_table(systems: Sequence[Results], names: Sequence[str], baseline: str | None = None,
+                     extra: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """Rows = systems: per set the accuracy ± its standard error and mean tokens, then tokens per agent,
+    the change against the ``baseline`` system (accuracy in points, tokens in %; on the average over
+    ``names``) and ``extra`` columns (column -> system -> text)."""
+    extra = extra or {}
+    base = next((r for r in systems if r.system == baseline), None)
+    groups = [title(name) for name in names]
+    header = ["System", *[f"{g} {part}" for g in groups for part in ("Acc. (%)", "Tok.")], "Tok. per agent"]
+    if base is not None:
+        header += [f"Δ Acc. vs {baseline}", "Δ Tok."]
+    header += list(extra)
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+
+    def mean(results: Results, key) -> float | None:
+        values = [key(results.sets[name]) for name in names if name in results.sets]
+        return sum(values) / len(values) if len(values) == len(names) else None
+
+    for results in systems:
+        cells = [results.system]
+        for name in names:
+            s = results.sets.get(name)
+            cells += [f"{100 * s.accuracy:.1f} ± {100 * s.accuracy_stderr:.1f}", f"{s.tokens:.0f}"] if s else ["", ""]
+        roles = sorted({role for s in results.sets.values() for role in s.tokens_by_role})
+        cells.append(" / ".join(f"{role} {mean(results, lambda s, r=role: s.tokens_by_role.get(r, 0.0)):.0f}"
+                                for role in roles) if mean(results, lambda s: 0.0) is not None else "")
+        if base is not None:
+            acc, tok = mean(results, lambda s: s.accuracy), mean(results, lambda s: s.tokens)
+            acc0, tok0 = mean(base, lambda s: s.accuracy), mean(base, lambda s: s.tokens)
+            known = None not in (acc, tok, acc0, tok0) and results is not base
+            cells += [f"{100 * (acc - acc0):+.1f}" if known else "",
+                      f"{100 * (tok / tok0 - 1):+.0f}%" if known and tok0 else ""]
+        cells += [column.get(results.system, "") for column in extra.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------- details

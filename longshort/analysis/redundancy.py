@@ -1,0 +1,163 @@
+"""Scoring pruning against known redundancy, and one pruning cell as an evaluation result.
+
+On chains whose redundant steps are known (``longshort.longchains``), a pruning rule can be judged by
+what it removed, not only by the accuracy that survives: ``precision`` is the share of the removed
+steps that were truly redundant, ``recall`` the share of the redundant steps that were removed. On a
+model's own chains the truth is the labeller's (``longchains.label_step``, which recognises the
+redundant kinds by their openers): exact on the written chains, an approximation on generated ones.
+
+``pruning_results`` turns one (strategy, kappa) cell of ``python -m longshort.analysis.entropy``'s
+output into the evaluation package's ``Results``, so a reproduced table reports it like any other
+row (accuracy with its standard error over problems; tokens = thinking tokens left after pruning,
+each ``[SKIP]`` counted as one token).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from longshort.evaluation.metrics import summarize
+from longshort.evaluation.records import Record
+from longshort.evaluation.results import Results
+from longshort.longchains import GOLD, label_step
+
+
+@dataclass(frozen=True)
+class RedundancyScore:
+    removed: int  # steps removed over all chains
+    removed_redundant: int  # of those, truly redundant
+    redundant: int  # redundant steps in the chains
+
+    @property
+    def precision(self) -> float | None:
+        return self.removed_redundant / self.removed if self.removed else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.removed_redundant / self.redundant if self.redundant else None
+
+    def to_dict(self) -> dict:
+        return {"removed": self.removed, "removed_redundant": self.removed_redundant, "redundant": self.redundant,
+                "precision": self.precision, "recall": self.recall}
+
+
+def score_pruning(chains: Iterable[tuple[Sequence[bool], Sequence[int]]]) -> RedundancyScore:
+    """``chains``: (is-redundant per step, pruned step indices) for every chain."""
+    removed = removed_redundant = redundant = 0
+    for flags, pruned in chains:
+        removed += len(pruned)
+        removed_redundant += sum(bool(flags[i]) for i in pruned)
+        redundant += sum(map(bool, flags))
+    return RedundancyScore(removed, removed_redundant, redundant)
+
+
+def pruning_results(folder: str | Path, strategy: str, kappa: float, system: str) -> tuple[Results, RedundancyScore]:
+    """One cell of an entropy analysis folder (``results.json``, ``answers.jsonl``) as Results + score."""
+    folder = Path(folder)
+    summary = json.loads((folder / "results.json").read_text())
+    chains = {c["id"]: c for c in summary["per_chain"]}
+    rows = [json.loads(line) for line in (folder / "answers.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["strategy"] == strategy and abs(r["kappa"] - kappa) < 1e-9]
+    if not rows:
+        raise ValueError(f"{folder} has no answers for strategy {strategy} at kappa {kappa}: run the analysis "
+                         f"with --kappas including {kappa} and --strategies including {strategy}")
+    records = [Record(id=r["problem_id"], sample=0, correct=bool(r["correct"]), outcome="answered",
+                      gold=str(chains[r["problem_id"]]["gold"]), verdict="ok" if r["correct"] else "wrong",
+                      extracted=r["extracted"], tokens={"single": int(r["thinking_tokens"])}) for r in rows]
+    settings = summary["settings"]
+    results = Results(system=system, mode="pruned", models={"single": settings["model"]},
+                      settings={"strategy": strategy, "kappa": kappa, "answer_temperature": settings["answer_temperature"],
+                                "chain_temperature": settings["chain_temperature"]},
+                      sets={"heldout": summarize("heldout", records, 1)})
+    score = score_pruning(([label_step(s) != GOLD for s in chains[r["problem_id"]]["steps"]], r["pruned"]) for r in rows)
+    return results, score
+
+
+# --------------------------------------------------------------- teacher-forced control on written chains
+
+
+def teacher_forced_control(model, tokenizer, chains, questions: Sequence[str], *, kappa: float = 0.8,
+                           system: str | None = None, seed: int = 0) -> dict:
+    """Step entropy of written long chains under ``model`` (one teacher-forced pass), and what each
+    pruning rule removes at ``kappa``: the positive control of step entropy, with the truth known.
+
+    Steps are ranked by their mean token entropy (the paper's v2 score, what ``entropy_skip`` uses) and,
+    for comparison, by the sum (v1). Returns ``{"strategies": {strategy: score dict}, "by_total":
+    {strategy: score dict}, "kinds": {kind: mean step entropy}, "steps": n}``.
+    """
+    from longshort.analysis.chains import ChainFormat
+    from longshort.analysis.pruning import STRATEGIES, select_steps
+    from longshort.analysis.scoring import step_entropies, token_entropies
+    from longshort.analysis.steps import StepSegmenter, segment_text
+
+    fmt = ChainFormat(system=system)
+    segmenter = StepSegmenter(tokenizer)
+    sequences, segmented = [], []
+    for chain, question in zip(chains, questions):
+        steps = segment_text(chain.thinking, segmenter)
+        if len(steps) != len(chain.steps):
+            raise ValueError(f"chain {chain.problem_id}: {len(steps)} segmented steps for {len(chain.steps)} written")
+        segmented.append(steps)
+        sequences.append((fmt.thinking_prompt_ids(tokenizer, question),
+                          tokenizer.encode(chain.thinking, add_special_tokens=False)))
+    entropies = [step_entropies(e, s) for e, s in zip(token_entropies(model, sequences), segmented)]
+    scores = [e.mean for e in entropies]
+    by_kind: dict[str, list[float]] = {}
+    for chain, chain_scores in zip(chains, scores):
+        for kind, value in zip(chain.kinds, chain_scores):
+            by_kind.setdefault(kind, []).append(value)
+
+    def rules(per_chain: list[list[float]]) -> dict:
+        return {strategy: score_pruning(
+            (chain.redundant, select_steps(s, kappa, strategy, seed=f"{seed}:{chain.problem_id}"))
+            for chain, s in zip(chains, per_chain)).to_dict() for strategy in STRATEGIES}
+
+    return {"kappa": kappa, "strategies": rules(scores), "by_total": rules([e.total for e in entropies]),
+            "steps": sum(len(c.steps) for c in chains),
+            "kinds": {kind: sum(v) / len(v) for kind, v in sorted(by_kind.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import time
+
+    from longshort.analysis import cli_common as common
+    from longshort.longchains import DEFAULT_REDUNDANCY, long_chains
+
+    parser = argparse.ArgumentParser(prog="python -m longshort.analysis.redundancy", description=(
+        "Positive control of step entropy: a model scores written long chains with known redundancy "
+        "(teacher-forced); which share of the steps each pruning rule removes were truly redundant."))
+    parser.add_argument("--kappa", type=float, default=0.8)
+    parser.add_argument("--redundancy", type=float, default=DEFAULT_REDUNDANCY)
+    parser.add_argument("--out", help="write the result as JSON here")
+    common.add_model_args(parser)
+    common.add_problem_args(parser, default_limit=200)
+    common.add_format_args(parser)
+    args = parser.parse_args(argv)
+    from longshort.models import load_model
+
+    problems = common.problems_from_args(args)
+    chains = long_chains(problems, redundancy=args.redundancy, seed=args.seed)
+    questions = {p.id: p.prompt for p in problems}
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    began = time.perf_counter()
+    result = teacher_forced_control(model, tokenizer, chains, [questions[c.problem_id] for c in chains],
+                                    kappa=args.kappa, system=args.system or None, seed=args.seed)
+    result["seconds"] = round(time.perf_counter() - began, 1)
+    print(f"{args.model}: {len(chains)} long chains, {result['steps']} steps, redundancy {args.redundancy}; "
+          f"pruning {args.kappa:.0%} of each chain's steps ({result['seconds']} s)")
+    for ranking, key in (("mean", "strategies"), ("sum", "by_total")):
+        for strategy, score in result[key].items():
+            print(f"  {strategy:>6} ({ranking} entropy): {score['removed']} steps removed, "
+                  f"{100 * (score['precision'] or 0):.1f}% of them redundant; "
+                  f"{100 * (score['recall'] or 0):.1f}% of the redundant steps removed")
+    print("  mean step entropy by kind (bits): " + ", ".join(f"{k} {v:.2f}" for k, v in result["kinds"].items()))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"settings": vars(args), **result}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

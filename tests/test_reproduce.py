@@ -1,0 +1,126 @@
+"""``python -m longshort.reproduce``: the tiny table end to end on tiny models, resuming, and the paper's plan."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from longshort import reproduce
+from longshort.models import tiny_model
+from longshort.tables import TableError, load_table, parse_table, table_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny_model")
+    model, tokenizer = tiny_model(seed=0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _agents(tiny_dir: Path, roles: tuple[str, ...], model: str | None = None) -> list[str]:
+    return [f"agents.{role}.{key}" for role in roles for key in
+            (f"model.name_or_path={model or tiny_dir}", "model.dtype=fp32", "sampling.max_new_tokens=12")]
+
+
+def toy_tiny_spec(tiny_dir: Path, out: Path) -> Path:
+    """recipes/tables/tiny.yaml at toy sizes on the tiny random model: the same runs, rows and links."""
+    spec = yaml.safe_load((table_dir() / "tiny.yaml").read_text())
+    spec["output_dir"] = str(out)
+    toy = ["data.train.limit=8", "data.eval.limit=4", "sft.examples=8", "sft.epochs=1", "sft.batch_size=4",
+           "sft.max_length=2048", "sft.save_every=1", "trainer.steps=2", "trainer.save_every=1",
+           "rollout.problems_per_step=2", "rollout.group_size=2", "eval.max_new_tokens=12", "eval.max_turns=2"]
+    runs = spec["runs"]  # toy sizes after each run's own sizes, so they win
+    runs["longcot"]["overrides"] += [*toy, *_agents(tiny_dir, ("single",))]
+    # A random model's rollouts never reach the gold answer, so the synthesis builder would keep no
+    # transcript; the toy table cold-starts the pair from gold steps instead (synthesis has its own test).
+    runs["longshort"]["overrides"] += [*toy, *_agents(tiny_dir, ("long", "short")), "sft.coldstart=long_short"]
+    runs["skip"]["overrides"] += [*toy, *_agents(tiny_dir, ("single",), "{runs.longcot}/sft/single/final")]
+    args = spec["analyses"]["step_entropy"]["args"]
+    for flag, value in (("--limit", "4"), ("--chain-tokens", "12"), ("--answer-tokens", "4")):
+        args[args.index(flag) + 1] = value
+    path = out.parent / "toy_tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_the_tiny_table_runs_end_to_end_resumes_without_redoing_rows_and_writes_table_and_plot(tiny_dir, tmp_path):
+    path = toy_tiny_spec(tiny_dir, tmp_path / "table")
+    spec = load_table(str(path))
+    done: list[str] = []
+
+    def killed_after_skip_training(command, layout):
+        done.append(command.key)
+        seconds = reproduce.execute(command, layout)
+        if command.key == "train_skip":  # dies after the run's own work, before reproduce marks it done
+            raise RuntimeError("simulated kill")
+        return seconds
+
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        reproduce.run_table(spec, tmp_path / "table", runner=killed_after_skip_training)
+    assert done == ["train_longcot", "train_longshort", "train_skip"]
+    finished = tmp_path / "table" / "runs" / "longcot" / "eval" / "sft" / "results.json"
+    skip_weights = tmp_path / "table" / "runs" / "skip" / "sft" / "single" / "final" / "model.safetensors"
+    stamps = finished.stat().st_mtime_ns, skip_weights.stat().st_mtime_ns
+
+    again: list[str] = []
+
+    def counting(command, layout):
+        again.append(command.key)
+        return reproduce.execute(command, layout)
+
+    table = reproduce.run_table(spec, tmp_path / "table", runner=counting)
+    assert again == ["train_skip", "analysis_step_entropy"]  # finished rows are not redone
+    assert (finished.stat().st_mtime_ns, skip_weights.stat().st_mtime_ns) == stamps  # nor the skip run's stages
+    text = table.read_text()
+    for row in spec.rows:
+        assert f"| {row.label} |" in text
+    assert "Not measured yet" not in text and "Δ Acc. vs long-CoT SFT" in text
+    assert (tmp_path / "table" / "plot.png").stat().st_size > 0
+    rows = json.loads((tmp_path / "table" / "table.json").read_text())["rows"]
+    pruned = {row["system"]: row["redundancy"] for row in rows if "redundancy" in row}
+    assert set(pruned) == {r.label for r in spec.rows if r.analysis}
+    assert all(0 <= r["removed_redundant"] <= r["removed"] for r in pruned.values())
+    assert set(json.loads((tmp_path / "table" / "timings.json").read_text())) == {
+        "train_longcot", "train_longshort", "train_skip", "analysis_step_entropy"}
+    assert reproduce.main([f"table={path}"]) == 0  # everything done: only the table is written again
+    runs = tmp_path / "table" / "runs"
+    longcot = [json.loads(line) for line in (runs / "longcot" / "sft" / "coldstart" / "single.jsonl").open()]
+    for record in longcot:  # the long-CoT model learns long chains whose redundant steps are recorded
+        text, kinds = record["turns"][0]["text"], record["meta"]["kinds"]
+        assert text.startswith("<think>\n") and text.endswith(f"\\boxed{{{record['answer']}}}$.")
+        assert text.split("</think>")[0].count("\n\n") == len(kinds) - 1 and kinds.count("gold") < len(kinds)
+    skip = [json.loads(line) for line in (runs / "skip" / "sft" / "coldstart" / "single.jsonl").open()]
+    for record in skip:  # the [SKIP] cold start prunes the long chains, and knows which steps were redundant
+        meta = record["meta"]
+        assert len(meta["kinds"]) == len(meta["step_entropy"])
+        assert len(meta["pruned"]) == int(0.8 * len(meta["kinds"]) + 1e-9)
+
+
+def test_paper_dry_run_lists_every_rows_commands(capsys, tmp_path):
+    assert reproduce.main(["table=paper", f"out={tmp_path}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    spec = load_table("paper")
+    assert out.count("python -m longshort.train recipe=") == len(spec.runs)
+    for row in spec.rows:
+        for group in spec.columns:
+            assert f"evaluate '{row.label}' on {', '.join(group.benchmarks)} (k={group.samples})" in out
+    assert "[done]" not in out and not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_table_specs_fail_in_one_line_with_the_fix(capsys):
+    with pytest.raises(TableError, match="did you mean 'tiny'"):
+        load_table("tinny")
+    base = {"name": "t", "title": "t", "output_dir": "x", "runs": {"a": {"recipe": "tiny"}}}
+    with pytest.raises(TableError, match="names run 'b'"):
+        parse_table({**base, "rows": [{"label": "r", "run": "b"}]})
+    with pytest.raises(TableError, match=r"unknown key 'wieghts'.*did you mean 'weights'"):
+        parse_table({**base, "rows": [{"label": "r", "run": "a", "wieghts": "rl"}]})
+    with pytest.raises(TableError, match="not an earlier run"):
+        parse_table({**base, "runs": {"a": {"recipe": "tiny", "overrides": ["x={runs.b}"]}, "b": {"recipe": "tiny"}},
+                     "rows": [{"label": "r", "run": "a"}]})
+    assert reproduce.main(["table=paper", "bogus"]) == 2
+    assert "unknown argument 'bogus'" in capsys.readouterr().err
