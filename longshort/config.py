@@ -317,17 +317,23 @@ def list_recipes() -> list[str]:
 
 def resolve_recipe(name_or_path: str) -> Path:
     """A recipe name from ``recipes/`` or a path to a YAML file."""
+    return resolve_yaml(name_or_path, recipe_dir(), "recipe", ConfigError)
+
+
+def resolve_yaml(name_or_path: str, folder: Path, kind: str, error: type[Exception]) -> Path:
+    """A YAML spec by name from ``folder`` or by path; ``error`` (one line, with did-you-mean) when missing.
+    Recipes and ``longshort.reproduce``'s table specs share this rule."""
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
         if path.is_file():
             return path
-        raise ConfigError(f"recipe file '{name_or_path}' does not exist")
-    found = recipe_dir() / f"{name_or_path}.yaml"
+        raise error(f"{kind} file '{name_or_path}' does not exist")
+    found = folder / f"{name_or_path}.yaml"
     if found.is_file():
         return found
-    names = list_recipes()
-    raise ConfigError(f"no recipe '{name_or_path}'{did_you_mean(name_or_path, names)}; "
-                      f"available: {', '.join(names)} (or pass a path to a .yaml file)")
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    raise error(f"no {kind} '{name_or_path}'{did_you_mean(name_or_path, names)}; "
+                f"available: {', '.join(names)} (or pass a path to a .yaml file)")
 
 
 class _Replace(dict):
@@ -492,23 +498,26 @@ def _expected_type(path: str) -> str | None:
     return None if last is None or last is _ROLE else _type_name(node)
 
 
-def _check_choices(config: Config) -> None:
-    def walk(obj: Any, prefix: str) -> None:
-        if isinstance(obj, dict):
-            for key, value in obj.items():
-                walk(value, f"{prefix}{key}.")
-            return
-        if not dataclasses.is_dataclass(obj):
-            return
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            choices = f.metadata.get("choices")
-            if choices and value not in choices:
-                raise ConfigError(f"invalid value {value!r} for '{prefix}{f.name}'{did_you_mean(str(value), choices)}; "
-                                  f"choose one of: {', '.join(choices)}")
-            walk(value, f"{prefix}{f.name}.")
+def _fields(obj: Any, prefix: str = ""):
+    """Every (dotted prefix, field, value, owning section) of a config, depth first, through role mappings."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _fields(value, f"{prefix}{key}.")
+        return
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        yield prefix, f, value, obj
+        yield from _fields(value, f"{prefix}{f.name}.")
 
-    walk(config, "")
+
+def _check_choices(config: Config) -> None:
+    for prefix, f, value, _ in _fields(config):
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"invalid value {value!r} for '{prefix}{f.name}'{did_you_mean(str(value), choices)}; "
+                              f"choose one of: {', '.join(choices)}")
 
 
 # Values that cannot work, by (section class, field): (lowest, highest, lowest excluded). None: no bound.
@@ -542,27 +551,16 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
 
 def _check_ranges(config: Config) -> None:
     """Numbers that cannot work (a turn cap of 0, a negative limit) fail at load, naming the key."""
-    def walk(obj: Any, prefix: str) -> None:
-        if isinstance(obj, dict):
-            for key, value in obj.items():
-                walk(value, f"{prefix}{key}.")
-            return
-        if not dataclasses.is_dataclass(obj):
-            return
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            bounds = _RANGES.get((type(obj).__name__, f.name))
-            if bounds is not None and value is not None:
-                low, high, open_low = bounds
-                if (low is not None and (value <= low if open_low else value < low)) or \
-                        (high is not None and value > high):
-                    rule = (f"> {low}" if open_low else f">= {low}") if high is None else \
-                        (f"in ({low}, {high}]" if open_low else f"in [{low}, {high}]")
-                    none = " (or null for no limit)" if f.name in ("limit", "examples") else ""
-                    raise ConfigError(f"invalid value {value!r} for '{prefix}{f.name}': it must be {rule}{none}")
-            walk(value, f"{prefix}{f.name}.")
-
-    walk(config, "")
+    for prefix, f, value, owner in _fields(config):
+        bounds = _RANGES.get((type(owner).__name__, f.name))
+        if bounds is None or value is None:
+            continue
+        low, high, open_low = bounds
+        if (low is not None and (value <= low if open_low else value < low)) or (high is not None and value > high):
+            rule = (f"> {low}" if open_low else f">= {low}") if high is None else \
+                (f"in ({low}, {high}]" if open_low else f"in [{low}, {high}]")
+            none = " (or null for no limit)" if f.name in ("limit", "examples") else ""
+            raise ConfigError(f"invalid value {value!r} for '{prefix}{f.name}': it must be {rule}{none}")
     for split in ("train", "eval"):
         source = getattr(config.data, split)
         if source.min_steps > source.max_steps:

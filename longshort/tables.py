@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from longshort.config import recipe_dir
+from longshort.config import recipe_dir, resolve_yaml
 from longshort.registry import did_you_mean
 
 HELDOUT = "heldout"
@@ -100,17 +100,7 @@ def list_tables() -> list[str]:
 
 
 def resolve_table(name_or_path: str) -> Path:
-    path = Path(name_or_path).expanduser()
-    if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
-        if path.is_file():
-            return path
-        raise TableError(f"table spec file '{name_or_path}' does not exist")
-    found = table_dir() / f"{name_or_path}.yaml"
-    if found.is_file():
-        return found
-    names = list_tables()
-    raise TableError(f"no table '{name_or_path}'{did_you_mean(name_or_path, names)}; available: "
-                     f"{', '.join(names)} (or pass a path to a .yaml file)")
+    return resolve_yaml(name_or_path, table_dir(), "table", TableError)
 
 
 def _build(cls, data, where: str):
