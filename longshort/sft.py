@@ -180,9 +180,9 @@ def _token_loss_sum(model, ids: torch.Tensor, attention: torch.Tensor, mask: tor
     """
     decoder = model.base_model
     if shared:
-        cache = decoder(input_ids=ids[:1, :shared], use_cache=True).past_key_values
+        cache = decoder(input_ids=ids[:1, :shared], use_cache=True).cache
         cache.batch_repeat_interleave(ids.shape[0])
-        hidden = decoder(input_ids=ids[:, shared:], attention_mask=attention, past_key_values=cache,
+        hidden = decoder(input_ids=ids[:, shared:], attention_mask=attention, cache=cache,
                          use_cache=True).last_hidden_state
         ids, mask = ids[:, shared:], mask[:, shared:]
     else:
