@@ -10,7 +10,9 @@ turn of that session starts.
 Memory stays bounded: the runner ends a session (and frees its entry) the moment its episode is
 over, and the store holds at most ``budget`` tokens in all, evicting the least recently stored
 entries first. An evicted session simply prefills its whole view again at its next turn: eviction
-changes speed, never results.
+changes speed, never results. Size the budget for the live sessions (episodes in flight x agents x
+view tokens): agents take turns in lockstep across episodes, so with a smaller budget the entries
+stored last evict the ones the other agent needs next, and little is reused.
 """
 from __future__ import annotations
 

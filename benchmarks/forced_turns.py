@@ -1,0 +1,24 @@
+"""A Long-Short env for benchmarks that does not stop at format failures.
+
+An untrained SmolLM2 rarely writes the protocol's tags, so the real env ends most of its episodes
+after one turn. Benchmarks of multi-turn work (KV reuse across turns, the update's memory on long
+sequences) need episodes that run their turns whatever the model writes: this env only stops at
+the turn cap or the episode's token budget.
+"""
+from __future__ import annotations
+
+from envs.base import StepResult, register_env
+from envs.long_short import LongShortEnv
+
+
+@register_env("long_short_forced")
+class ForcedTurnsEnv(LongShortEnv):
+    """Long, short, long, ... for exactly ``max_turns`` turns (or until ``max_total_tokens`` are spent)."""
+
+    def step(self, turn):
+        result = self.agents[turn.role].check_format(turn.text, turn.finish_reason)
+        turn.format_ok, turn.format_reason = result.ok, result.reason
+        self.turns.append(turn)
+        if len(self.turns) >= self.max_turns or self.tokens_left() <= 0:
+            return self._finish("turn_cap", turn, result)
+        return StepResult("short" if turn.role == "long" else "long", False)

@@ -1,0 +1,96 @@
+"""Multi-turn rollout speed with and without KV-cache reuse across an agent's turns, in one process.
+
+Issue requirement: 32 episodes of the Long-Short protocol forced to run 6 turns with growing
+transcripts, with and without reuse; print the prefill tokens computed, tokens/s and the ratio
+(target: at least 2x faster with reuse on the CPU), and how the gain grows with the number of turns.
+
+Setup: SmolLM2-135M plays both agents through one shared HF engine (as evaluation does), 8 synthetic
+problems x 4 samples, the paper's system prompts. The env ignores format failures, so every episode
+runs exactly ``--turns`` turns whatever the untrained model writes, and each turn appends up to
+``--max-new-tokens`` tokens to both agents' views. Without reuse every turn prefills the agent's whole
+view; with reuse (``rollout.kv_cache_budget``, here ``--budget``: room for all 64 live sessions, 32
+episodes x 2 agents) only what was added since its last turn. Both runs use
+the same seed, so they sample the same tokens (``tests/test_kv_reuse.py`` checks that); the table
+says so in its ``same tokens`` column.
+
+Runs alternate (without, with, without, with, ...) and the best of ``--repeats`` counts for each, so
+both sides see the same load on a shared machine: read the ratio, not the absolute rates.
+
+    python benchmarks/multiturn_rollout.py                    # 2, 4 and 6 turns
+    python benchmarks/multiturn_rollout.py --turns 6 --repeats 1
+    python benchmarks/multiturn_rollout.py --tiny             # seconds: a tiny random model, smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from agents import LongThoughtAgent, ShortThoughtAgent
+from longshort.engines import HFEngine, SamplingParams
+from longshort.models import load_model, tiny_model
+from longshort.rollout import RolloutRunner
+from longshort.synthetic import synthetic_problems
+
+from forced_turns import ForcedTurnsEnv  # benchmarks/, beside this script
+
+PROBLEMS, SAMPLES = 8, 4
+
+
+def rollout(model, tokenizer, problems, turns: int, budget: int, args) -> dict:
+    """One rollout of every problem x SAMPLES; its time, token counts and the sampled tokens."""
+    sampling = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    agents = {"long": LongThoughtAgent("long", sampling=sampling), "short": ShortThoughtAgent("short", sampling=sampling)}
+    engine = HFEngine(model, tokenizer, max_batch_size=PROBLEMS * SAMPLES, seed=args.seed, kv_cache_budget=budget)
+    runner = RolloutRunner(lambda: ForcedTurnsEnv(agents, max_turns=turns, max_total_tokens=100_000), agents,
+                           {"long": engine, "short": engine})
+    began = time.perf_counter()
+    groups = runner.run(problems, SAMPLES)
+    seconds = time.perf_counter() - began
+    episodes = [episode for group in groups for episode in group]
+    return {"seconds": seconds, "stats": engine.stats, "tokens": [t.action_ids for ep in episodes for t in ep.turns],
+            "last_view": sum(len(ep.turns[-1].prompt_ids) for ep in episodes) / len(episodes)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m", help="alias, local directory or Hub id")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model (smoke test)")
+    parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or auto")
+    parser.add_argument("--turns", type=int, nargs="+", default=[2, 4, 6], help="turns per episode, one row each")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per turn at most")
+    parser.add_argument("--temperature", type=float, default=0.9)
+    parser.add_argument("--repeats", type=int, default=2, help="alternating timed runs of each side; the best counts")
+    parser.add_argument("--budget", type=int, default=1 << 18,
+                        help="rollout.kv_cache_budget of the reuse side, in tokens: enough for all 64 live sessions")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    model, tokenizer = tiny_model(seed=args.seed) if args.tiny else load_model(args.model, dtype=args.dtype, device="cpu")
+    problems = synthetic_problems(PROBLEMS, min_steps=1, max_steps=3, seed=args.seed)
+    print(f"model={'tiny' if args.tiny else args.model} dtype={next(model.parameters()).dtype} "
+          f"{PROBLEMS} problems x {SAMPLES} samples, <= {args.max_new_tokens} tokens a turn, "
+          f"threads={torch.get_num_threads()}")
+    rollout(model, tokenizer, problems[:2], 2, args.budget, args)  # warm-up (allocator, first-call costs)
+
+    print(f"\n{'turns':>5} {'side':>8} {'prefill tok':>12} {'reused tok':>11} {'generated':>10} {'s':>8} "
+          f"{'gen tok/s':>10} {'last view':>10} {'speed-up':>9} {'same tokens':>12}")
+    for turns in args.turns:
+        best: dict[str, dict] = {}
+        for _ in range(args.repeats):
+            for side, budget in (("full", 0), ("reuse", args.budget)):
+                run = rollout(model, tokenizer, problems, turns, budget, args)
+                if side not in best or run["seconds"] < best[side]["seconds"]:
+                    best[side] = run
+        same = best["full"]["tokens"] == best["reuse"]["tokens"]
+        for side in ("full", "reuse"):
+            run, stats = best[side], best[side]["stats"]
+            speedup = best["full"]["seconds"] / run["seconds"]
+            print(f"{turns:5d} {side:>8} {stats.prefill_tokens:12d} {stats.reused_tokens:11d} "
+                  f"{stats.generated_tokens:10d} {run['seconds']:8.1f} {stats.generated_tokens / run['seconds']:10.1f} "
+                  f"{run['last_view']:10.0f} {speedup:8.2f}x {str(same) if side == 'reuse' else '':>12}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
