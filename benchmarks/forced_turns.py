@@ -7,15 +7,26 @@ the turn cap or the episode's token budget.
 """
 from __future__ import annotations
 
+import time
+
 from envs.base import StepResult, register_env
 from envs.long_short import LongShortEnv
 
 
 @register_env("long_short_forced")
 class ForcedTurnsEnv(LongShortEnv):
-    """Long, short, long, ... for exactly ``max_turns`` turns (or until ``max_total_tokens`` are spent)."""
+    """Long, short, long, ... for exactly ``max_turns`` turns (or until ``max_total_tokens`` are spent).
+
+    ``finished[k]`` is when the last episode so far finished its turn k + 1 (``time.perf_counter``), for
+    timing a rollout turn by turn; reset it between rollouts.
+    """
+
+    finished: list[float] = []
 
     def step(self, turn):
+        index = len(self.turns)
+        ForcedTurnsEnv.finished += [0.0] * (index + 1 - len(ForcedTurnsEnv.finished))
+        ForcedTurnsEnv.finished[index] = max(ForcedTurnsEnv.finished[index], time.perf_counter())
         result = self.agents[turn.role].check_format(turn.text, turn.finish_reason)
         turn.format_ok, turn.format_reason = result.ok, result.reason
         self.turns.append(turn)

@@ -13,11 +13,14 @@ episodes x 2 agents) only what was added since its last turn. Both runs use
 the same seed, so they sample the same tokens (``tests/test_kv_reuse.py`` checks that); the table
 says so in its ``same tokens`` column.
 
-Runs alternate (without, with, without, with, ...) and the best of ``--repeats`` counts for each, so
-both sides see the same load on a shared machine: read the ratio, not the absolute rates.
+How the gain grows with the number of turns comes from the same runs: the env records when the
+last episode finished each turn, so the time of the first k turns is the time a k-turn rollout takes
+(every turn is one batch of all 32 episodes). Runs alternate (without, with, without, ...) and the
+best of ``--repeats`` counts for each, so both sides see the same load on a shared machine: read the
+ratio, not the absolute rates.
 
-    python benchmarks/multiturn_rollout.py                    # 2, 4 and 6 turns
-    python benchmarks/multiturn_rollout.py --turns 6 --repeats 1
+    python benchmarks/multiturn_rollout.py                    # 6 turns, gain after each
+    python benchmarks/multiturn_rollout.py --turns 8 --max-new-tokens 128
     python benchmarks/multiturn_rollout.py --tiny             # seconds: a tiny random model, smoke test
 """
 from __future__ import annotations
@@ -45,23 +48,25 @@ def rollout(model, tokenizer, problems, turns: int, budget: int, args) -> dict:
     engine = HFEngine(model, tokenizer, max_batch_size=PROBLEMS * SAMPLES, seed=args.seed, kv_cache_budget=budget)
     runner = RolloutRunner(lambda: ForcedTurnsEnv(agents, max_turns=turns, max_total_tokens=100_000), agents,
                            {"long": engine, "short": engine})
+    ForcedTurnsEnv.finished = []
     began = time.perf_counter()
     groups = runner.run(problems, SAMPLES)
     seconds = time.perf_counter() - began
     episodes = [episode for group in groups for episode in group]
     return {"seconds": seconds, "stats": engine.stats, "tokens": [t.action_ids for ep in episodes for t in ep.turns],
-            "last_view": sum(len(ep.turns[-1].prompt_ids) for ep in episodes) / len(episodes)}
+            "through": [t - began for t in ForcedTurnsEnv.finished],  # seconds until turn k + 1 was done
+            "views": [sum(len(ep.turns[k].prompt_ids) for ep in episodes) / len(episodes) for k in range(turns)]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="alias, local directory or Hub id")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model (smoke test)")
-    parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or auto")
-    parser.add_argument("--turns", type=int, nargs="+", default=[2, 4, 6], help="turns per episode, one row each")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 where native, as the tiny recipe), bf16 or fp32")
+    parser.add_argument("--turns", type=int, default=6, help="turns per episode")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens per turn at most")
     parser.add_argument("--temperature", type=float, default=0.9)
-    parser.add_argument("--repeats", type=int, default=2, help="alternating timed runs of each side; the best counts")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating timed runs of each side; the best counts")
     parser.add_argument("--budget", type=int, default=1 << 18,
                         help="rollout.kv_cache_budget of the reuse side, in tokens: enough for all 64 live sessions")
     parser.add_argument("--seed", type=int, default=0)
@@ -74,22 +79,25 @@ def main() -> None:
           f"threads={torch.get_num_threads()}")
     rollout(model, tokenizer, problems[:2], 2, args.budget, args)  # warm-up (allocator, first-call costs)
 
-    print(f"\n{'turns':>5} {'side':>8} {'prefill tok':>12} {'reused tok':>11} {'generated':>10} {'s':>8} "
-          f"{'gen tok/s':>10} {'last view':>10} {'speed-up':>9} {'same tokens':>12}")
-    for turns in args.turns:
-        best: dict[str, dict] = {}
-        for _ in range(args.repeats):
-            for side, budget in (("full", 0), ("reuse", args.budget)):
-                run = rollout(model, tokenizer, problems, turns, budget, args)
-                if side not in best or run["seconds"] < best[side]["seconds"]:
-                    best[side] = run
-        same = best["full"]["tokens"] == best["reuse"]["tokens"]
-        for side in ("full", "reuse"):
-            run, stats = best[side], best[side]["stats"]
-            speedup = best["full"]["seconds"] / run["seconds"]
-            print(f"{turns:5d} {side:>8} {stats.prefill_tokens:12d} {stats.reused_tokens:11d} "
-                  f"{stats.generated_tokens:10d} {run['seconds']:8.1f} {stats.generated_tokens / run['seconds']:10.1f} "
-                  f"{run['last_view']:10.0f} {speedup:8.2f}x {str(same) if side == 'reuse' else '':>12}", flush=True)
+    best: dict[str, dict] = {}
+    for _ in range(args.repeats):
+        for side, budget in (("full", 0), ("reuse", args.budget)):
+            run = rollout(model, tokenizer, problems, args.turns, budget, args)
+            print(f"  {side:5s} {run['seconds']:6.1f} s", flush=True)
+            if side not in best or run["seconds"] < best[side]["seconds"]:
+                best[side] = run
+    full, reuse = best["full"], best["reuse"]
+    print(f"\nsame tokens with and without reuse: {full['tokens'] == reuse['tokens']}")
+    print(f"{'side':>6} {'prefill tok':>12} {'reused tok':>11} {'generated':>10} {'s':>8} {'gen tok/s':>10}")
+    for side, run in best.items():
+        stats = run["stats"]
+        print(f"{side:>6} {stats.prefill_tokens:12d} {stats.reused_tokens:11d} {stats.generated_tokens:10d} "
+              f"{run['seconds']:8.1f} {stats.generated_tokens / run['seconds']:10.1f}")
+    print(f"\nspeed-up with reuse: {full['seconds'] / reuse['seconds']:.2f}x over {args.turns} turns\n")
+    print(f"{'turns':>5} {'mean view':>10} {'full s':>8} {'reuse s':>8} {'speed-up':>9}   (first k turns of the same runs)")
+    for k in range(args.turns):
+        print(f"{k + 1:5d} {full['views'][k]:10.0f} {full['through'][k]:8.1f} {reuse['through'][k]:8.1f} "
+              f"{full['through'][k] / reuse['through'][k]:8.2f}x")
 
 
 if __name__ == "__main__":

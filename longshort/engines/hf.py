@@ -124,9 +124,9 @@ class HFEngine:
     batch). ``seed`` makes sampling reproducible: the same requests arriving in the same order give
     the same tokens. ``kv_cache_budget`` is the most tokens of finished turns' keys and values kept
     for the sessions' next turns (0: no reuse); a model whose cache is not plain per-layer keys and
-    values (sliding-window or recurrent layers) never reuses. The model runs in the dtype it was loaded in (bf16 or fp32), on ``device``
-    (default: where its weights are; it is moved there otherwise) and in eval mode. Requests come
-    from one event loop at a time (the rollout runner's).
+    values (sliding-window or recurrent layers) never reuses. The model runs in the dtype it was
+    loaded in (bf16 or fp32), on ``device`` (default: where its weights are; it is moved there
+    otherwise) and in eval mode. Requests come from one event loop at a time (the rollout runner's).
     """
 
     SETTLE_TICKS = 3  # event-loop ticks without a new request before a batch starts
