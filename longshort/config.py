@@ -108,7 +108,7 @@ class RolloutConfig:
     max_batch_size: int = _f(32, "Most sequences the engine decodes at once.")
     kv_cache_budget: int = _f(32768, "hf engine: tokens of keys/values kept between an agent's turns of an "
                                      "episode, so its next turn prefills only the new tokens (least recently "
-                                     "used evicted first; 0 turns reuse off). SmolLM2-135M: 46 KiB a token in fp32.")
+                                     "used evicted first; 0 turns reuse off). SmolLM2-135M: 45 KiB a token in fp32.")
     remote_url: Optional[str] = _f(None, "Base URL of an OpenAI-compatible server for engine=remote.")
 
 

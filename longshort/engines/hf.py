@@ -73,7 +73,7 @@ class _Batch:
     sampler: _Sampler
 
 
-# Tokens of kept keys and values per engine: 1.4 GiB in fp32 for SmolLM2-135M (46 KiB a token), 1.8 GiB in
+# Tokens of kept keys and values per engine: 1.4 GiB in fp32 for SmolLM2-135M (45 KiB a token), 1.8 GiB in
 # bf16 for Qwen2.5-7B (56 KiB). A rollout of 32 tiny-recipe episodes holds at most ~22k per agent.
 DEFAULT_KV_CACHE_BUDGET = 32768
 

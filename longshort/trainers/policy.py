@@ -146,8 +146,9 @@ class Policy:
     # ------------------------------------------------------------------ forward
     def logprobs(self, batch: MicroBatch, *, reference: bool = False,
                  with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Log-probabilities ``[B, L - start]`` of ``input_ids[:, start:]`` at the agent's temperature,
-        and (without gradient) the entropy of each of those positions' distributions."""
+        """Log-probabilities ``[B, L - start]`` of the action tokens among ``input_ids[:, start:]`` at the
+        agent's temperature, and (without gradient) the entropy of each of their distributions; both
+        are 0 at the other positions, which every use masks out."""
         model = self.reference if reference else self.model
         hidden, offset = self._hidden(model, batch)
         width = batch.input_ids.shape[1]
