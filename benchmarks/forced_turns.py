@@ -17,16 +17,16 @@ from envs.long_short import LongShortEnv
 class ForcedTurnsEnv(LongShortEnv):
     """Long, short, long, ... for exactly ``max_turns`` turns (or until ``max_total_tokens`` are spent).
 
-    ``finished[k]`` is when the last episode so far finished its turn k + 1 (``time.perf_counter``), for
-    timing a rollout turn by turn; reset it between rollouts.
+    ``finished[k]`` is when the last episode so far finished its turn k + 1, as ``(time.perf_counter(),
+    time.process_time())``, for timing a rollout turn by turn; reset it between rollouts.
     """
 
-    finished: list[float] = []
+    finished: list[tuple[float, float]] = []
 
     def step(self, turn):
         index = len(self.turns)
-        ForcedTurnsEnv.finished += [0.0] * (index + 1 - len(ForcedTurnsEnv.finished))
-        ForcedTurnsEnv.finished[index] = max(ForcedTurnsEnv.finished[index], time.perf_counter())
+        ForcedTurnsEnv.finished += [(0.0, 0.0)] * (index + 1 - len(ForcedTurnsEnv.finished))
+        ForcedTurnsEnv.finished[index] = max(ForcedTurnsEnv.finished[index], (time.perf_counter(), time.process_time()))
         result = self.agents[turn.role].check_format(turn.text, turn.finish_reason)
         turn.format_ok, turn.format_reason = result.ok, result.reason
         self.turns.append(turn)

@@ -17,7 +17,9 @@ How the gain grows with the number of turns comes from the same runs: the env re
 last episode finished each turn, so the time of the first k turns is the time a k-turn rollout takes
 (every turn is one batch of all 32 episodes). Runs alternate (without, with, without, ...) and the
 best of ``--repeats`` counts for each, so both sides see the same load on a shared machine: read the
-ratio, not the absolute rates.
+ratio, not the absolute rates. CPU seconds (``time.process_time``: the work this process did, whatever
+else runs on the machine) give the steadier ratio on a shared CPU; with ``OMP_NUM_THREADS=1`` they
+are the compute.
 
     python benchmarks/multiturn_rollout.py                    # 6 turns, gain after each
     python benchmarks/multiturn_rollout.py --turns 8 --max-new-tokens 128
@@ -49,12 +51,13 @@ def rollout(model, tokenizer, problems, turns: int, budget: int, args) -> dict:
     runner = RolloutRunner(lambda: ForcedTurnsEnv(agents, max_turns=turns, max_total_tokens=100_000), agents,
                            {"long": engine, "short": engine})
     ForcedTurnsEnv.finished = []
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     groups = runner.run(problems, SAMPLES)
-    seconds = time.perf_counter() - began
+    seconds, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     episodes = [episode for group in groups for episode in group]
-    return {"seconds": seconds, "stats": engine.stats, "tokens": [t.action_ids for ep in episodes for t in ep.turns],
-            "through": [t - began for t in ForcedTurnsEnv.finished],  # seconds until turn k + 1 was done
+    return {"seconds": seconds, "cpu": cpu, "stats": engine.stats, "tokens": [t.action_ids for ep in episodes for t in ep.turns],
+            "through": [t - began for t, _ in ForcedTurnsEnv.finished],  # seconds until turn k + 1 was done
+            "cpu_through": [c - cpu_began for _, c in ForcedTurnsEnv.finished],
             "views": [sum(len(ep.turns[k].prompt_ids) for ep in episodes) / len(episodes) for k in range(turns)]}
 
 
@@ -83,21 +86,29 @@ def main() -> None:
     for _ in range(args.repeats):
         for side, budget in (("full", 0), ("reuse", args.budget)):
             run = rollout(model, tokenizer, problems, args.turns, budget, args)
-            print(f"  {side:5s} {run['seconds']:6.1f} s", flush=True)
+            print(f"  {side:5s} {run['seconds']:6.1f} s, {run['cpu']:6.1f} CPU s", flush=True)
             if side not in best or run["seconds"] < best[side]["seconds"]:
                 best[side] = run
     full, reuse = best["full"], best["reuse"]
-    print(f"\nsame tokens with and without reuse: {full['tokens'] == reuse['tokens']}")
-    print(f"{'side':>6} {'prefill tok':>12} {'reused tok':>11} {'generated':>10} {'s':>8} {'gen tok/s':>10}")
+    same = sum(a == b for a, b in zip(full["tokens"], reuse["tokens"]))
+    print(f"\nturns with the same tokens with and without reuse: {same} of {len(full['tokens'])} "
+          "(bf16: keys and values computed while decoding and in a prefill differ by rounding, so a sample "
+          "can flip and its episode diverge; fp32 matches exactly, tests/test_kv_reuse.py)")
+    print(f"{'side':>6} {'prefill tok':>12} {'reused tok':>11} {'generated':>10} {'s':>8} {'gen tok/s':>10} "
+          f"{'CPU s':>8} {'gen tok/CPU s':>14}")
     for side, run in best.items():
         stats = run["stats"]
         print(f"{side:>6} {stats.prefill_tokens:12d} {stats.reused_tokens:11d} {stats.generated_tokens:10d} "
-              f"{run['seconds']:8.1f} {stats.generated_tokens / run['seconds']:10.1f}")
-    print(f"\nspeed-up with reuse: {full['seconds'] / reuse['seconds']:.2f}x over {args.turns} turns\n")
-    print(f"{'turns':>5} {'mean view':>10} {'full s':>8} {'reuse s':>8} {'speed-up':>9}   (first k turns of the same runs)")
+              f"{run['seconds']:8.1f} {stats.generated_tokens / run['seconds']:10.1f} {run['cpu']:8.1f} "
+              f"{stats.generated_tokens / run['cpu']:14.1f}")
+    print(f"\nspeed-up with reuse over {args.turns} turns: {full['seconds'] / reuse['seconds']:.2f}x wall-clock, "
+          f"{full['cpu'] / reuse['cpu']:.2f}x CPU time\n")
+    print(f"{'turns':>5} {'mean view':>10} {'full s':>8} {'reuse s':>8} {'speed-up':>9} {'full CPU s':>11} "
+          f"{'reuse CPU s':>12} {'CPU speed-up':>13}   (first k turns of the same runs)")
     for k in range(args.turns):
         print(f"{k + 1:5d} {full['views'][k]:10.0f} {full['through'][k]:8.1f} {reuse['through'][k]:8.1f} "
-              f"{full['through'][k] / reuse['through'][k]:8.2f}x")
+              f"{full['through'][k] / reuse['through'][k]:8.2f}x {full['cpu_through'][k]:11.1f} "
+              f"{reuse['cpu_through'][k]:12.1f} {full['cpu_through'][k] / reuse['cpu_through'][k]:12.2f}x")
 
 
 if __name__ == "__main__":
