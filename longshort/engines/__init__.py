@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from longshort.engines.base import Engine, Generation, SamplingParams
+from longshort.engines.base import Engine, Generation, SamplingParams, SessionEngine
 from longshort.engines.hf import EngineStats, HFEngine
 from longshort.engines.remote import RemoteEngine
 from longshort.engines.vllm import VLLMEngine
 from longshort.registry import ENGINES
 
-__all__ = ["Engine", "EngineStats", "Generation", "HFEngine", "RemoteEngine", "SamplingParams", "VLLMEngine",
-           "build_engine"]
+__all__ = ["Engine", "EngineStats", "Generation", "HFEngine", "RemoteEngine", "SamplingParams", "SessionEngine",
+           "VLLMEngine", "build_engine"]
 
 
 def build_engine(name: str, **kwargs: Any) -> Engine:
