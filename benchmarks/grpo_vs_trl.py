@@ -25,6 +25,20 @@ What "the same" means here, term by term:
 A step is everything from drawing the prompts to the optimiser step: generation, grading and the
 update. The first step of each trainer is a warm-up and is excluded from the median.
 
+Where each second goes (``Phases``): the same four phases are timed in both trainers by wrapping the
+functions that do them, each counting only its own time (a log-prob forward inside generation counts
+as log-probs):
+
+- generation: sampling the completions and scoring them (ours: the rollout runner; TRL:
+  ``_generate_and_score_completions``);
+- log-probs: the forward passes that recompute the completions' log-probabilities (ours:
+  ``Policy.logprobs``; TRL: ``_get_per_token_logps_and_entropies``);
+- backward: ``Tensor.backward`` (ours recomputes each chunk's logits there, see ``trainers/policy.py``);
+- optimiser: gradient clipping and the AdamW step (ours: ``AdamW.step``; casting the fp32 master
+  weights back into a bf16 model counts as other; TRL: between the Trainer's ``on_pre_optimizer_step``
+  and ``on_optimizer_step``);
+- other: the rest of the step (data, loss terms, bookkeeping).
+
     python benchmarks/grpo_vs_trl.py                  # SmolLM2-135M, 6 steps each
     python benchmarks/grpo_vs_trl.py --dtype fp32
     python benchmarks/grpo_vs_trl.py --tiny --steps 2 # seconds: a tiny random model, for a smoke test
@@ -37,6 +51,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -49,6 +64,7 @@ from longshort.models import load_model, tiny_model
 from longshort.rewards import register_reward
 from longshort.synthetic import synthetic_problems
 from longshort.trainers.grpo import GRPOTrainer
+from longshort.trainers.policy import Policy
 from longshort.verify import Verifier
 
 PROMPTS, SAMPLES, MICRO_BATCH = 8, 4, 8
@@ -71,11 +87,72 @@ def _reward_term(group, role, ctx) -> list[float]:
             if ep.turns else 0.0 for ep in group]
 
 
+PHASES = ("generation", "log-probs", "backward", "optimiser")
+
+
+class Phases:
+    """Exclusive time per phase: wrapped functions add their own time, less that of wrapped calls inside."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._stack: list[float] = []
+        self._restore: list[tuple[object, str, object]] = []
+
+    def wrap(self, owner, name: str, phase: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            began = time.perf_counter()
+            self._stack.append(0.0)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                elapsed, nested = time.perf_counter() - began, self._stack.pop()
+                self.seconds[phase] += elapsed - nested
+                if self._stack:
+                    self._stack[-1] += elapsed
+
+        self._restore.append((owner, name, vars(owner).get(name, _ABSENT)))  # absent: an instance's class method
+        setattr(owner, name, timed)
+
+    def take(self) -> dict[str, float]:
+        """The seconds since the last ``take``."""
+        taken, self.seconds = dict(self.seconds), defaultdict(float)
+        return taken
+
+    def restore(self) -> None:
+        for owner, name, original in reversed(self._restore):
+            if original is _ABSENT:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+        self._restore.clear()
+
+
+_ABSENT = object()
+
+
+def common_phases() -> Phases:
+    """The phases timed the same way in both trainers: backward and gradient clipping."""
+    phases = Phases()
+    phases.wrap(torch.Tensor, "backward", "backward")
+    phases.wrap(torch.nn.utils, "clip_grad_norm_", "optimiser")
+    return phases
+
+
 @dataclass
 class Run:
     name: str
     seconds: list[float] = field(default_factory=list)  # per step
     rewards: list[float] = field(default_factory=list)  # mean reward of each step's completions
+    phases: list[dict[str, float]] = field(default_factory=list)  # per step: seconds per phase
+
+    def phase_s(self, phase: str) -> float:
+        """Median seconds per step of ``phase`` (``other``: the step's time outside the four phases)."""
+        timed = list(zip(self.seconds, self.phases))[1:] or list(zip(self.seconds, self.phases))
+        if phase == "other":
+            return statistics.median(total - sum(p.get(name, 0.0) for name in PHASES) for total, p in timed)
+        return statistics.median(p.get(phase, 0.0) for _, p in timed)
 
     @property
     def step_s(self) -> float:
@@ -96,15 +173,24 @@ def run_ours(model, tokenizer, problems: list[Problem], args) -> Run:
         "trainer.updates_per_batch=1", f"trainer.micro_batch_size={MICRO_BATCH}", "trainer.grad_clip=1.0",
         f"seed={args.seed}"])
     run = Run("longshort")
+    phases = common_phases()
     with tempfile.TemporaryDirectory() as out:
         trainer = GRPOTrainer(config, problems, out, {"single": (model, tokenizer)}, save_episodes=False,
                               progress=False)
-        for step in range(args.steps):
-            began = time.perf_counter()
-            metrics = trainer.step(step)
-            run.seconds.append(time.perf_counter() - began)
-            run.rewards.append(metrics["reward/single/total"])
-            report(run, step)
+        phases.wrap(trainer.runner, "run", "generation")
+        phases.wrap(Policy, "logprobs", "log-probs")
+        phases.wrap(torch.optim.AdamW, "step", "optimiser")
+        try:
+            for step in range(args.steps):
+                phases.take()
+                began = time.perf_counter()
+                metrics = trainer.step(step)
+                run.seconds.append(time.perf_counter() - began)
+                run.phases.append(phases.take())
+                run.rewards.append(metrics["reward/single/total"])
+                report(run, step)
+        finally:
+            phases.restore()
     return run
 
 
@@ -126,12 +212,22 @@ def run_trl(model, tokenizer, problems: list[Problem], args) -> Run:
         batch_rewards.extend(values)
         return values
 
+    phases = common_phases()
+
     class StepTimer(TrainerCallback):
         def on_step_begin(self, *_, **__):
+            phases.take()
             self.began = time.perf_counter()
+
+        def on_pre_optimizer_step(self, *_, **__):  # the Trainer's optimizer.step() runs between these two
+            self.optimizer_began = time.perf_counter()
+
+        def on_optimizer_step(self, *_, **__):
+            phases.seconds["optimiser"] += time.perf_counter() - self.optimizer_began
 
         def on_step_end(self, *_, **__):
             run.seconds.append(time.perf_counter() - self.began)
+            run.phases.append(phases.take())
             run.rewards.append(sum(batch_rewards) / max(len(batch_rewards), 1))
             batch_rewards.clear()
             report(run, len(run.seconds) - 1)
@@ -152,7 +248,12 @@ def run_trl(model, tokenizer, problems: list[Problem], args) -> Run:
                                  train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                                  callbacks=[StepTimer()])
         trainer.remove_callback(PrinterCallback)  # our StepTimer reports each step
-        trainer.train()
+        phases.wrap(trainer, "_generate_and_score_completions", "generation")
+        phases.wrap(trainer, "_get_per_token_logps_and_entropies", "log-probs")
+        try:
+            trainer.train()
+        finally:
+            phases.restore()
     return run
 
 
@@ -197,9 +298,13 @@ def main() -> None:
     print(f"\n{'trainer':10s} {'s/step (median, after step 1)':>30s} {'mean reward':>12s} {'last step':>10s}")
     for run in runs:
         print(f"{run.name:10s} {run.step_s:30.1f} {statistics.mean(run.rewards):12.3f} {run.rewards[-1]:10.3f}")
+    print(f"\nseconds per step by phase (median, after step 1)\n{'phase':12s}"
+          + "".join(f"{run.name:>12s}" for run in runs))
+    for phase in (*PHASES, "other"):
+        print(f"{phase:12s}" + "".join(f"{run.phase_s(phase):12.2f}" for run in runs))
     if len(runs) == 2:
         ours, trl = runs
-        print(f"\nTRL s/step / longshort s/step = {trl.step_s / ours.step_s:.2f}x (target >= 2x)")
+        print(f"\nTRL s/step / longshort s/step = {trl.step_s / ours.step_s:.2f}x (target >= 3.5x)")
 
 
 if __name__ == "__main__":

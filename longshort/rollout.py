@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 from typing import Callable, Mapping, Sequence
 
 from agents.base import Agent, vocab_key
 from envs.base import Env
 from longshort.config import Config
 from longshort.data import Problem
-from longshort.engines.base import Engine, SamplingParams
+from longshort.engines.base import Engine, SamplingParams, SessionEngine
 from longshort.registry import AGENTS, ENVS
 from longshort.episode import Episode, TrainingSample, Turn
 from longshort.rewards import RewardContext, score_group
@@ -42,6 +43,7 @@ class RolloutRunner:
         self.verifier = verifier or Verifier()
         self.reward_weights = reward_weights or {}
         self.reward_context = reward_context or RewardContext(agents=self.agents)
+        self._sessions = itertools.count()  # episode numbers: one engine session per episode and agent
 
     # ------------------------------------------------------------------ rollouts
     def run(self, problems: Sequence[Problem], group_size: int = 1,
@@ -68,15 +70,24 @@ class RolloutRunner:
         """Play one episode to the end and grade it (rewards need the whole group: see ``arun``)."""
         env = self.env_factory()
         role: str | None = env.reset(problem.prompt)
-        while role is not None:
-            agent, engine = self.agents[role], self.engines[role]
-            view = agent.view(problem.prompt, env.turns, engine.tokenizer)
-            sampling = dataclasses.replace(agent.sampling, max_new_tokens=env.budget(role))
-            generation = await engine.generate(view.ids, sampling)
-            turn = Turn(role=role, prompt_ids=view.ids, action_ids=generation.token_ids,
-                        logprobs=generation.logprobs, text=generation.text,
-                        finish_reason=generation.finish_reason, vocab=vocab_key(engine.tokenizer))
-            role = env.step(turn).next_role
+        sessions: dict[str, tuple] = {}  # role -> its session on its engine, for engines that keep one
+        try:
+            while role is not None:
+                agent, engine = self.agents[role], self.engines[role]
+                view = agent.view(problem.prompt, env.turns, engine.tokenizer)
+                sampling = dataclasses.replace(agent.sampling, max_new_tokens=env.budget(role))
+                if isinstance(engine, SessionEngine):
+                    session = sessions.setdefault(role, (next(self._sessions), role))
+                    generation = await engine.generate(view.ids, sampling, session=session)
+                else:
+                    generation = await engine.generate(view.ids, sampling)
+                turn = Turn(role=role, prompt_ids=view.ids, action_ids=generation.token_ids,
+                            logprobs=generation.logprobs, text=generation.text,
+                            finish_reason=generation.finish_reason, vocab=vocab_key(engine.tokenizer))
+                role = env.step(turn).next_role
+        finally:  # the episode is over (or failed): its cached state is of no further use
+            for role_, session in sessions.items():
+                self.engines[role_].end_session(session)
         episode = Episode(problem_id=problem.id, sample_index=sample_index, prompt=problem.prompt,
                           gold=problem.answer, turns=env.turns, outcome=env.outcome)
         if episode.outcome.finished:
@@ -134,7 +145,8 @@ def build_engines(config: Config, *, share: bool = True) -> dict[str, Engine]:
         key = model_key(spec.model) if share else role
         if key not in cache:
             model, tokenizer = load_configured(spec.model)
-            cache[key] = HFEngine(model, tokenizer, max_batch_size=config.rollout.max_batch_size, seed=config.seed)
+            cache[key] = HFEngine(model, tokenizer, max_batch_size=config.rollout.max_batch_size, seed=config.seed,
+                                  kv_cache_budget=config.rollout.kv_cache_budget)
         engines[role] = cache[key]
     return engines
 

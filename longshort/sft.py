@@ -47,6 +47,7 @@ from safetensors.torch import load_file
 from agents.base import Agent, vocab_key
 from longshort.config import SFTConfig
 from longshort.episode import Turn
+from longshort.hf_cache import cache_kwarg, returned_cache
 from longshort.lr_schedule import cosine_schedule
 from longshort.memory import release_freed_memory
 from longshort.models import pick_dtype
@@ -180,9 +181,9 @@ def _token_loss_sum(model, ids: torch.Tensor, attention: torch.Tensor, mask: tor
     """
     decoder = model.base_model
     if shared:
-        cache = decoder(input_ids=ids[:1, :shared], use_cache=True).past_key_values
+        cache = returned_cache(decoder(input_ids=ids[:1, :shared], use_cache=True))
         cache.batch_repeat_interleave(ids.shape[0])
-        hidden = decoder(input_ids=ids[:, shared:], attention_mask=attention, past_key_values=cache,
+        hidden = decoder(input_ids=ids[:, shared:], attention_mask=attention, **cache_kwarg(cache),
                          use_cache=True).last_hidden_state
         ids, mask = ids[:, shared:], mask[:, shared:]
     else:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from longshort.engines.base import Engine, Generation, SamplingParams
+from longshort.engines.base import Engine, Generation, SamplingParams, SessionEngine
 from longshort.engines.remote import RemoteEngine
 from longshort.engines.vllm import VLLMEngine
 from longshort.registry import ENGINES
@@ -27,8 +27,8 @@ def __getattr__(name: str) -> Any:
         return module if name == "hf" else getattr(module, name)
     raise AttributeError(f"module 'longshort.engines' has no attribute {name!r}")
 
-__all__ = ["Engine", "EngineStats", "Generation", "HFEngine", "RemoteEngine", "SamplingParams", "VLLMEngine",
-           "build_engine"]
+__all__ = ["Engine", "EngineStats", "Generation", "HFEngine", "RemoteEngine", "SamplingParams", "SessionEngine",
+           "VLLMEngine", "build_engine"]
 
 
 def build_engine(name: str, **kwargs: Any) -> Engine:

@@ -11,7 +11,7 @@ concurrently and the engine batches what is pending.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Hashable, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -53,3 +53,18 @@ class Engine(Protocol):
     tokenizer: object
 
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> Generation: ...
+
+
+@runtime_checkable
+class SessionEngine(Engine, Protocol):
+    """An engine that keeps a session's state between its requests (the HF engine: its KV cache).
+
+    The rollout runner opens one session per episode and agent, passes it with every turn of that
+    agent, and ends it when the episode is over, so the engine can free what it kept. Engines without
+    ``end_session`` are called without sessions.
+    """
+
+    async def generate(self, prompt_ids: list[int], sampling: SamplingParams, *,
+                       session: Hashable | None = None) -> Generation: ...
+
+    def end_session(self, session: Hashable) -> None: ...

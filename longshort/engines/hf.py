@@ -11,17 +11,29 @@ The decode loop is ours rather than ``model.generate`` because every row carries
 settings, token budget and stop strings, and because the contract needs the log-probability of each
 sampled token under the temperature-scaled (untruncated) distribution, which ``generate`` does not
 return in that form.
+
+Multi-turn reuse: a request may name a ``session`` (the rollout runner uses one per episode and
+agent). When its turn finishes, the keys and values of everything the model saw in that row are
+kept (``kv_reuse.KVStore``), and the session's next request prefills only the tokens past the part
+of its prompt they cover (the partner's turn and the separators), batched with the other rows'
+new tokens: each row's cached part sits right-aligned in the batch cache, its new tokens
+right-aligned after it, and the attention mask hides the gaps. Sampling is unchanged (same rows in
+the same order, so the same random numbers; the logits equal the full prefill's to float rounding),
+which ``tests/test_kv_reuse.py`` checks.
 """
 from __future__ import annotations
 
 import asyncio
 import threading
 from dataclasses import dataclass, field
+from typing import Hashable
 
 import torch
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from longshort.engines.base import Generation, SamplingParams
+from longshort.engines.kv_reuse import KVEntry, KVStore
+from longshort.hf_cache import cache_kwarg, returned_cache
 from longshort.registry import ENGINES
 
 
@@ -32,6 +44,8 @@ class EngineStats:
     batches: int = 0
     requests: int = 0
     prompt_tokens: int = 0
+    prefill_tokens: int = 0  # prompt tokens run through the model (the rest came from a session's cache)
+    reused_tokens: int = 0  # prompt tokens whose keys and values a session's cache supplied
     generated_tokens: int = 0
     forward_passes: int = 0
     forward_rows: int = 0  # rows summed over forward passes: what dropping finished rows saves
@@ -43,6 +57,7 @@ class _Request:
     prompt_ids: list[int]
     sampling: SamplingParams
     future: asyncio.Future
+    session: Hashable | None = None
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
 
@@ -57,6 +72,11 @@ class _Batch:
     mask: torch.Tensor
     positions: torch.Tensor
     sampler: _Sampler
+
+
+# Tokens of kept keys and values per engine: 1.4 GiB in fp32 for SmolLM2-135M (45 KiB a token), 1.8 GiB in
+# bf16 for Qwen2.5-7B (56 KiB). A rollout of 32 tiny-recipe episodes holds at most ~22k per agent.
+DEFAULT_KV_CACHE_BUDGET = 32768
 
 
 class StopStrings:
@@ -103,15 +123,17 @@ class HFEngine:
 
     ``max_batch_size`` caps the rows decoded together (more pending requests wait for the next
     batch). ``seed`` makes sampling reproducible: the same requests arriving in the same order give
-    the same tokens. The model runs in the dtype it was loaded in (bf16 or fp32), on ``device``
-    (default: where its weights are; it is moved there otherwise) and in eval mode. Requests come
-    from one event loop at a time (the rollout runner's).
+    the same tokens. ``kv_cache_budget`` is the most tokens of finished turns' keys and values kept
+    for the sessions' next turns (0: no reuse); a model whose cache is not plain per-layer keys and
+    values (sliding-window or recurrent layers) never reuses. The model runs in the dtype it was
+    loaded in (bf16 or fp32), on ``device`` (default: where its weights are; it is moved there
+    otherwise) and in eval mode. Requests come from one event loop at a time (the rollout runner's).
     """
 
     SETTLE_TICKS = 3  # event-loop ticks without a new request before a batch starts
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 32, device: str | torch.device | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, kv_cache_budget: int = DEFAULT_KV_CACHE_BUDGET):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model.eval()
@@ -124,21 +146,29 @@ class HFEngine:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = next((i for i in (tokenizer.pad_token_id, *sorted(self.eos_ids)) if i is not None), 0)
         self.stats = EngineStats()
+        self.kv = KVStore(kv_cache_budget)
+        self._reusable: bool | None = None  # whether the model's cache layers can be cut into rows; seen at first use
         self._stops = StopStrings(tokenizer)
         self._pending: list[_Request] = []
         self._pump: asyncio.Task | None = None
 
-    async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> Generation:
+    async def generate(self, prompt_ids: list[int], sampling: SamplingParams, *,
+                       session: Hashable | None = None) -> Generation:
+        """Continue ``prompt_ids``; a ``session`` reuses the keys and values of its previous turn."""
         if not prompt_ids:
             raise ValueError("prompt_ids is empty: an engine continues a prompt, it cannot start from nothing")
         if sampling.max_new_tokens <= 0:
             return Generation([], [], "", "length")
         loop = asyncio.get_running_loop()
-        request = _Request(list(prompt_ids), sampling, loop.create_future())
+        request = _Request(list(prompt_ids), sampling, loop.create_future(), session)
         self._pending.append(request)
         if self._pump is None or self._pump.done() or self._pump.get_loop() is not loop:
             self._pump = loop.create_task(self._serve())
         return await request.future
+
+    def end_session(self, session: Hashable) -> None:
+        """Free the session's cached keys and values (its episode is over)."""
+        self.kv.drop(session)
 
     async def _serve(self) -> None:
         """Run batches while requests are pending; the only caller of the decode thread per loop."""
@@ -177,29 +207,75 @@ class HFEngine:
                     self._step(batch)
 
     def _prefill(self, requests: list[_Request]) -> _Batch:
-        """Run the left-padded prompts through the model; positions count real tokens only."""
+        """Run the left-padded prompts through the model; positions count real tokens only.
+
+        Rows whose session has cached keys and values run only the rest of their prompt: the batch
+        cache holds each row's cached part right-aligned (``past`` columns), the new tokens follow
+        left-padded, and the mask covers both, so a row attends to exactly its own tokens.
+        """
         self.stats.batches += 1
         self.stats.requests += len(requests)
         self.stats.largest_batch = max(self.stats.largest_batch, len(requests))
         self.stats.prompt_tokens += sum(len(r.prompt_ids) for r in requests)
-        width = max(len(r.prompt_ids) for r in requests)
+        taken = [self.kv.take(r.session, r.prompt_ids) if r.session is not None and self._reusable is not False
+                 else (0, None) for r in requests]
+        reused = [n for n, _ in taken]
+        self.stats.reused_tokens += sum(reused)
+        self.stats.prefill_tokens += sum(len(r.prompt_ids) - n for r, n in zip(requests, reused))
+        past, width = max(reused), max(len(r.prompt_ids) - n for r, n in zip(requests, reused))
         input_ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(requests), width), dtype=torch.long)
-        for row, request in enumerate(requests):
-            input_ids[row, width - len(request.prompt_ids):] = torch.tensor(request.prompt_ids)
-            mask[row, width - len(request.prompt_ids):] = 1
+        mask = torch.zeros((len(requests), past + width), dtype=torch.long)
+        for row, (request, n) in enumerate(zip(requests, reused)):
+            new = request.prompt_ids[n:]
+            input_ids[row, width - len(new):] = torch.tensor(new)
+            mask[row, past - n: past] = 1
+            mask[row, past + width - len(new):] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, cache = self._forward(input_ids, mask, positions, None)  # the model builds its own cache
+        offset = torch.tensor(reused, device=self.device)[:, None]
+        positions = (mask[:, past:].cumsum(-1) - 1).clamp(min=0) + offset
+        cache = self._batch_cache(taken, past) if past else None  # None: the model builds its own
+        logits, cache = self._forward(input_ids, mask, positions, cache)
         sampler = _Sampler([r.sampling for r in requests], self.device, self.generator)
         return _Batch(list(requests), logits, cache, mask, positions[:, -1:] + 1, sampler)
+
+    def _batch_cache(self, taken: list[tuple[int, KVEntry | None]], past: int) -> Cache:
+        """One cache for the batch: row i's first ``n_i`` cached tokens in its last ``n_i`` of ``past`` columns."""
+        template = next(entry for n, entry in taken if n)
+        layers = []
+        for layer, (k0, v0) in enumerate(template.layers):
+            keys = k0.new_zeros((len(taken), k0.shape[0], past, k0.shape[-1]))
+            values = v0.new_zeros((len(taken), v0.shape[0], past, v0.shape[-1]))
+            for row, (n, entry) in enumerate(taken):
+                if n:
+                    k, v = entry.layers[layer]
+                    keys[row, :, past - n:] = k[:, :n]
+                    values[row, :, past - n:] = v[:, :n]
+            layers.append((keys, values))
+        return DynamicCache(layers)
+
+    def _keep(self, batch: _Batch, row: int, request: _Request) -> None:
+        """Store what the model has seen in a finishing row for its session's next turn: the prompt and
+        every sampled token but the last (which was never run through the model)."""
+        if self._reusable is None:
+            self._reusable = all(type(layer) is DynamicLayer for layer in batch.cache.layers)
+        if not self._reusable or self.kv.budget == 0:
+            return
+        seen = batch.mask[row].bool()
+        layers = [(layer.keys[row][:, seen], layer.values[row][:, seen]) for layer in batch.cache.layers]
+        self.kv.put(request.session, KVEntry(request.prompt_ids + request.token_ids[:-1], layers))
 
     def _step(self, batch: _Batch) -> None:
         """Sample one token per row, retire finished rows, and run the survivors one position on."""
         tokens, logprobs = batch.sampler.sample(batch.logits)
-        keep = [row for row, (request, token, logprob) in
-                enumerate(zip(batch.requests, tokens.tolist(), logprobs.tolist()))
-                if not self._advance(request, token, logprob)]
+        keep = []
+        for row, (request, token, logprob) in enumerate(zip(batch.requests, tokens.tolist(), logprobs.tolist())):
+            generation = self._advance(request, token, logprob)
+            if generation is None:
+                keep.append(row)
+                continue
+            if request.session is not None:  # stored before the answer, which may bring the session's next turn
+                self._keep(batch, row, request)
+            request.future.get_loop().call_soon_threadsafe(_resolve, request.future, generation)
         if not keep:
             batch.requests = []
             return
@@ -219,11 +295,11 @@ class HFEngine:
         self.stats.forward_passes += 1
         self.stats.forward_rows += input_ids.shape[0]
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :].float(), out.past_key_values
+                         **cache_kwarg(cache), use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :].float(), returned_cache(out)
 
-    def _advance(self, request: _Request, token: int, logprob: float) -> bool:
-        """Append one sampled token; answer the request and return True when it is finished."""
+    def _advance(self, request: _Request, token: int, logprob: float) -> Generation | None:
+        """Append one sampled token; the finished request's Generation, or None while it goes on."""
         request.token_ids.append(token)
         request.logprobs.append(logprob)
         self.stats.generated_tokens += 1
@@ -236,12 +312,9 @@ class HFEngine:
             if candidates is None or token in candidates:
                 reason = self._stops.find(request.token_ids, stops)
         if reason is None and len(request.token_ids) < request.sampling.max_new_tokens:
-            return False
+            return None
         text = self.tokenizer.decode(request.token_ids, skip_special_tokens=True)
-        generation = Generation(request.token_ids, request.logprobs, text,
-                                "stop" if reason else "length", reason)
-        request.future.get_loop().call_soon_threadsafe(_resolve, request.future, generation)
-        return True
+        return Generation(request.token_ids, request.logprobs, text, "stop" if reason else "length", reason)
 
 
 class _Sampler:

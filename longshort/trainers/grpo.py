@@ -144,7 +144,8 @@ class GRPOTrainer:
         for role, (model, tokenizer) in held.items():
             if id(model) not in by_model:  # seeds differ per engine so agents draw independent samples
                 by_model[id(model)] = HFEngine(model, tokenizer, max_batch_size=config.rollout.max_batch_size,
-                                               seed=config.seed + len(by_model))
+                                               seed=config.seed + len(by_model),
+                                               kv_cache_budget=config.rollout.kv_cache_budget)
             self.engines[role] = by_model[id(model)]
         self.policies: dict[str, Policy] = {}
         for role, (model, tokenizer) in held.items():

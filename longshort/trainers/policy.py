@@ -12,6 +12,21 @@ mantissa, so an update of relative size lr = 1e-5 would round away entirely.
 
 The engine bound to a policy generates with the policy's model object, so an update in place is what
 the next rollout samples from: there is no weight synchronisation step.
+
+Memory and compute of the update's forward pass (``Policy.logprobs``), each checked against the
+plain computation (one forward of every row, the full-vocabulary logits of the micro-batch, then
+log-softmax) in ``tests/test_policy_logprobs.py`` for equal log-probabilities, losses and gradients:
+
+- **Shared prefix.** Every sample of an agent opens with the same chat-templated system prompt (and
+  the samples of a group with the same question too), most of a sequence at the tiny recipe's turn
+  lengths. The micro-batch's common prefix runs once as a batch of one; its keys and values are
+  repeated for the rows (``repeat_interleave`` is differentiable, so the gradients of the rows meet
+  in the one prefix forward), and each row's rest attends to them through the cache, as SFT does.
+- **Logits at action tokens only, in chunks.** The output projection runs only at the positions
+  that predict the agent's own tokens (not the partner's turns in between), ``LOGPROB_CHUNK`` of
+  them at a time under activation checkpointing: the backward pass recomputes one chunk's logits
+  at a time instead of keeping the ``[tokens, vocabulary]`` fp32 logits of the whole micro-batch
+  (200 KiB a token for a 49k vocabulary, several copies of it) alive until the backward.
 """
 from __future__ import annotations
 
@@ -24,17 +39,24 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from longshort.algos import entropy_from_logits
 from longshort.config import TrainerConfig
 from longshort.episode import TrainingSample
-from longshort.lr_schedule import cosine_schedule, cosine_with_warmup  # noqa: F401  (re-exported)
+from longshort.hf_cache import cache_kwarg, returned_cache
+from longshort.lr_schedule import cosine_schedule
+
+LOGPROB_CHUNK = 512  # action positions whose logits exist at once: ~100 MiB fp32 per copy at a 49k vocabulary
+MIN_SHARED_PREFIX = 16  # shorter common prefixes are not worth a second forward call
 
 
 @dataclass
 class MicroBatch:
     """Right-padded training samples. Only positions from ``start`` on hold action tokens, so the
-    model computes logits for those positions alone (prompts are most of a Long-Short sequence)."""
+    model computes logits for those positions alone (prompts are most of a Long-Short sequence).
+    The first ``shared`` tokens are the same in every row and precede every action token's
+    prediction (0: nothing worth sharing)."""
 
     input_ids: Tensor  # [B, L]
     attention_mask: Tensor  # [B, L]
@@ -42,6 +64,7 @@ class MicroBatch:
     action_mask: Tensor  # [B, L - start]: which targets input_ids[:, start:] are action tokens
     old_logprobs: Tensor  # [B, L - start]: rollout log-probabilities of those targets
     advantages: Tensor  # [B]
+    shared: int = 0
 
     @classmethod
     def collate(cls, samples: Sequence[TrainingSample], pad_id: int, device: torch.device) -> "MicroBatch":
@@ -58,7 +81,19 @@ class MicroBatch:
         if start < 1:
             raise ValueError("a training sample starts with an action token: there is no prompt to predict it from")
         advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32, device=device)
-        return cls(ids, attention, start, action[:, start:].float(), old[:, start:], advantages)
+        return cls(ids, attention, start, action[:, start:].float(), old[:, start:], advantages,
+                   shared_prefix([s.input_ids for s in samples], start))
+
+
+def shared_prefix(rows: Sequence[Sequence[int]], start: int) -> int:
+    """Leading tokens common to every row that the rows can encode once: the position ``start - 1``
+    predicts the first action token and has to run per row, so sharing stops before it."""
+    if len(rows) < 2:
+        return 0
+    first, common = rows[0], min(min(len(r) for r in rows), start - 1)
+    for row in rows[1:]:
+        common = next((i for i in range(common) if row[i] != first[i]), common)
+    return common if common >= MIN_SHARED_PREFIX else 0
 
 
 class Policy:
@@ -98,20 +133,42 @@ class Policy:
     # ------------------------------------------------------------------ forward
     def logprobs(self, batch: MicroBatch, *, reference: bool = False,
                  with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Log-probabilities ``[B, L - start]`` of ``input_ids[:, start:]`` at the agent's temperature,
-        and (without gradient) the entropy of each of those positions' distributions."""
+        """Log-probabilities ``[B, L - start]`` of the action tokens among ``input_ids[:, start:]`` at the
+        agent's temperature, and (without gradient) the entropy of each of their distributions; both
+        are 0 at the other positions, which every use masks out."""
         model = self.reference if reference else self.model
-        keep = batch.input_ids.shape[1] - batch.start + 1  # position p predicts token p + 1
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep,
-                    use_cache=False)
-        logits = out.logits[:, :-1].float() / self.temperature
-        targets = batch.input_ids[:, batch.start:]
-        logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(dim=-1)
-        entropy = None
-        if with_entropy:
-            with torch.no_grad():
-                entropy = entropy_from_logits(logits.detach())
+        hidden, offset = self._hidden(model, batch)
+        width = batch.input_ids.shape[1]
+        actions = batch.action_mask.bool()  # [B, L - start]; position p predicts token p + 1
+        predicting = hidden[:, batch.start - 1 - offset: width - 1 - offset][actions]  # [N, hidden]
+        targets = batch.input_ids[:, batch.start:][actions]
+        head = model.get_output_embeddings()
+        pieces = []
+        for begin in range(0, len(targets), LOGPROB_CHUNK):
+            args = (head, predicting[begin: begin + LOGPROB_CHUNK], targets[begin: begin + LOGPROB_CHUNK],
+                    self.temperature, with_entropy)
+            pieces.append(checkpoint(_token_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()
+                          else _token_logprobs(*args))
+        zeros = torch.zeros(actions.shape, dtype=torch.float32, device=actions.device)
+        logprobs = zeros.masked_scatter(actions, torch.cat([p[0] for p in pieces]))
+        entropy = zeros.masked_scatter(actions, torch.cat([p[1] for p in pieces])) if with_entropy else None
         return logprobs, entropy
+
+    def _hidden(self, model, batch: MicroBatch) -> tuple[Tensor, int]:
+        """The decoder's last hidden states of every row, without the first ``offset`` (shared) positions.
+
+        Sharing is off under gradient checkpointing, which runs without a cache (as in SFT).
+        """
+        decoder = model.base_model
+        shared = batch.shared if not (model.training and self.config.gradient_checkpointing) else 0
+        if not shared:
+            out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            return out.last_hidden_state, 0
+        cache = returned_cache(decoder(input_ids=batch.input_ids[:1, :shared], use_cache=True))
+        cache.batch_repeat_interleave(batch.input_ids.shape[0])
+        out = decoder(input_ids=batch.input_ids[:, shared:], attention_mask=batch.attention_mask, **cache_kwarg(cache),
+                      use_cache=True)
+        return out.last_hidden_state, shared
 
     # ------------------------------------------------------------------ optimisation
     def train_mode(self) -> None:
@@ -193,6 +250,16 @@ class Policy:
         state = torch.load(directory / "optimizer.pt", map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+def _token_logprobs(head, hidden: Tensor, targets: Tensor, temperature: float,
+                    with_entropy: bool) -> tuple[Tensor, Tensor]:
+    """Log-probabilities of ``targets`` under ``log_softmax(head(hidden) / T)``, and (detached) the entropy
+    of each distribution (empty when not asked for). One chunk: its logits live only inside this call."""
+    logits = head(hidden).float() / temperature
+    logprobs = logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(dim=-1)
+    entropy = entropy_from_logits(logits.detach()) if with_entropy else logits.new_zeros(0)
+    return logprobs, entropy
 
 
 def _disable_dropout(model) -> None:

@@ -1,0 +1,133 @@
+"""KV-cache reuse across an agent's turns: the same tokens and log-probabilities as prefilling every
+turn from scratch, with less prefill, and bounded memory (entries freed per episode, LRU cap)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from agents import LongThoughtAgent, ShortThoughtAgent
+from envs.base import StepResult
+from envs.long_short import LongShortEnv
+from longshort.data import Problem
+from longshort.engines import HFEngine, SamplingParams
+from longshort.engines.base import SessionEngine
+from longshort.engines.kv_reuse import KVEntry, KVStore
+from longshort.models import tiny_model
+from longshort.rollout import RolloutRunner
+
+SAMPLED = SamplingParams(temperature=1.0, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Larger random weights than the default init, so outputs vary with position and padding."""
+    model, tokenizer = tiny_model(seed=0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.15)
+    return model, tokenizer
+
+
+class ForcedTurnsEnv(LongShortEnv):
+    """Long-Short that ignores format failures, so every episode runs ``max_turns`` turns."""
+
+    def step(self, turn):
+        self.turns.append(turn)
+        if len(self.turns) >= self.max_turns or self.tokens_left() <= 0:
+            return self._finish("turn_cap", turn, self.agents[turn.role].check_format(turn.text, turn.finish_reason))
+        return StepResult("short" if turn.role == "long" else "long", False)
+
+
+def _episodes(engine_budget: int, tiny, *, turns: int = 5, problems: int = 3, group: int = 2, seed: int = 3):
+    model, tokenizer = tiny
+    engine = HFEngine(model, tokenizer, seed=seed, kv_cache_budget=engine_budget)
+    agents = {"long": LongThoughtAgent("long", sampling=SAMPLED), "short": ShortThoughtAgent("short", sampling=SAMPLED)}
+    runner = RolloutRunner(lambda: ForcedTurnsEnv(agents, max_turns=turns, max_total_tokens=4096), agents,
+                           {"long": engine, "short": engine})
+    tasks = [Problem(f"p{i}", f"What is {i} + {i * 3}?", str(4 * i)) for i in range(problems)]
+    return runner.run(tasks, group), engine
+
+
+def _flat(groups):
+    return [turn for group in groups for episode in group for turn in episode.turns]
+
+
+def test_rollout_with_reuse_matches_full_prefill(tiny):
+    """Same seeds, same requests: the same tokens and log-probs with and without reuse, and every
+    turn after an agent's first prefills only its new tokens."""
+    reused, fast = _episodes(32768, tiny)
+    plain, slow = _episodes(0, tiny)
+    assert isinstance(fast, SessionEngine)
+    fast_turns, slow_turns = _flat(reused), _flat(plain)
+    assert len(fast_turns) == len(slow_turns) == 3 * 2 * 5
+    assert [t.action_ids for t in fast_turns] == [t.action_ids for t in slow_turns]
+    assert [t.prompt_ids for t in fast_turns] == [t.prompt_ids for t in slow_turns]
+    for a, b in zip(fast_turns, slow_turns):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+    assert slow.stats.reused_tokens == 0 and slow.stats.prefill_tokens == slow.stats.prompt_tokens
+    assert fast.stats.prompt_tokens == slow.stats.prompt_tokens
+    assert fast.stats.prefill_tokens + fast.stats.reused_tokens == fast.stats.prompt_tokens
+    # Each agent's first turn (6 episodes x 2 agents) prefills everything; later turns only the new part.
+    first_turns = sum(len(t.prompt_ids) for g in reused for ep in g for t in ep.turns[:2])
+    assert fast.stats.prefill_tokens < first_turns + 6 * 3 * (SAMPLED.max_new_tokens + 8)
+    assert len(fast.kv) == 0 and fast.kv.tokens == 0  # finished episodes freed their entries
+
+
+def test_lru_cap_evicts_and_changes_nothing(tiny):
+    """A budget smaller than the rollout's live caches evicts (those rows prefill again): same samples."""
+    plain, _ = _episodes(0, tiny)
+    view = max(len(t.prompt_ids) for t in _flat(plain))
+    capped, engine = _episodes(10 * view, tiny)  # room for fewer than the 12 live sessions (6 episodes x 2)
+    assert engine.kv.evictions > 0 and 0 < engine.stats.reused_tokens
+    assert [t.action_ids for t in _flat(capped)] == [t.action_ids for t in _flat(plain)]
+    for a, b in zip(_flat(capped), _flat(plain)):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+
+
+def test_engine_reuse_with_other_sessions_batched_alongside(tiny):
+    """A batch mixing rows with long, short and no cached prefix: each row equals its unbatched, uncached result."""
+    model, tokenizer = tiny
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=6)
+    prompts = [tokenizer(text).input_ids for text in ("Hello there", "a", "Solve for x: 3x + 5 = 20 quickly")]
+
+    async def conversation(engine, prompt, index, session):
+        for turn in range(3):
+            generation = await engine.generate(prompt, greedy, session=session)
+            prompt = prompt + generation.token_ids + tokenizer(" ok" * (index + turn + 1)).input_ids
+        return prompt
+
+    async def together(engine):
+        sessions = [("a", 0), ("b", 0), None]  # the third row never reuses
+        return await asyncio.gather(*(conversation(engine, p, i, s) for i, (p, s) in enumerate(zip(prompts, sessions))))
+
+    engine = HFEngine(model, tokenizer)
+    batched = asyncio.run(together(engine))
+    assert engine.stats.reused_tokens > 0
+    alone = [asyncio.run(conversation(HFEngine(model, tokenizer, kv_cache_budget=0), p, i, None))
+             for i, p in enumerate(prompts)]
+    assert batched == alone
+
+
+def test_store_takes_the_common_prefix_and_evicts_least_recently_stored():
+    layers = [(torch.arange(8.0).view(1, 4, 2), torch.zeros(1, 4, 2))]
+    store = KVStore(budget=10)
+    store.put("a", KVEntry([1, 2, 3, 4], layers))
+    assert store.take("a", [1, 2, 9, 9, 9]) [0] == 2  # diverges after two tokens: those are reused
+    assert store.take("a", [1, 2, 3, 4, 5]) == (0, None)  # taken entries are gone
+    store.put("a", KVEntry([1, 2, 3, 4], layers))
+    n, entry = store.take("a", [1, 2, 3, 4])  # the last prompt token must still run through the model
+    assert n == 3 and entry.prefix(n)[0][0].shape == (1, 3, 2)
+    store.put("a", KVEntry([1, 2, 3, 4], layers))
+    store.put("b", KVEntry([5, 6, 7, 8], layers))
+    store.put("c", KVEntry([9, 9, 9], layers))  # 11 tokens > 10: "a" goes
+    assert store.take("a", [1, 2, 3, 4, 5]) == (0, None) and store.evictions == 1 and store.tokens == 7
+    store.drop("b")
+    assert len(store) == 1 and store.tokens == 3
+    store.put("d", KVEntry(list(range(11)), layers))  # alone over the budget: not kept
+    assert len(store) == 1
+    with pytest.raises(ValueError, match="kv_cache_budget"):
+        KVStore(-1)

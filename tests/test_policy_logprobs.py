@@ -1,0 +1,83 @@
+"""The RL update's forward pass (shared prefix, logits at action tokens only, chunked log-softmax) gives
+the log-probabilities, entropies, loss and gradients of the plain computation: every row run through
+the whole model and the full-vocabulary logits of the micro-batch log-softmaxed at once."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from longshort.algos import entropy_from_logits, masked_sum, ppo_clip_loss
+from longshort.config import TrainerConfig
+from longshort.episode import TrainingSample
+from longshort.models import tiny_model
+from longshort.trainers import policy as policy_module
+from longshort.trainers.policy import MicroBatch, Policy
+
+TEMPERATURE = 0.7
+
+
+def _samples(vocab: int, *, shared: int, rows: int = 5, seed: int = 0) -> list[TrainingSample]:
+    """Rows with a common opening of ``shared`` tokens, then a question, then two own turns around a
+    partner turn (masked), of different lengths."""
+    rng = random.Random(seed)
+    opening = [rng.randrange(3, vocab) for _ in range(shared)]
+    samples = []
+    for row in range(rows):
+        question = [rng.randrange(3, vocab) for _ in range(3 + row % 2)]
+        own1, partner, own2 = ([rng.randrange(3, vocab) for _ in range(n)] for n in (4 + row, 3, 2 + 2 * row))
+        ids = opening + question + own1 + partner + own2
+        mask = [0] * (len(opening) + len(question)) + [1] * len(own1) + [0] * len(partner) + [1] * len(own2)
+        logprobs = [-rng.random() * 3 if m else 0.0 for m in mask]
+        samples.append(TrainingSample(role="long", input_ids=ids, action_mask=mask, logprobs=logprobs,
+                                      advantage=rng.choice([-1.0, 0.5, 1.5])))
+    return samples
+
+
+def _plain_logprobs(model, batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain computation: full forward, full-vocabulary logits from ``start`` on, then log-softmax."""
+    keep = batch.input_ids.shape[1] - batch.start + 1
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep, use_cache=False)
+    logits = out.logits[:, :-1].float() / TEMPERATURE
+    targets = batch.input_ids[:, batch.start:]
+    logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(dim=-1)
+    return logprobs, entropy_from_logits(logits.detach())
+
+
+def _loss_and_grads(policy: Policy, batch: MicroBatch, compute) -> tuple:
+    policy.zero_grad()
+    logprobs, entropy = compute(batch)
+    terms = ppo_clip_loss(logprobs, batch.old_logprobs, batch.advantages, batch.action_mask, clip_eps=0.2,
+                          normalizer=float(batch.action_mask.sum()))
+    terms.loss.backward()
+    grads = {name: p.grad.clone() for name, p in policy.model.named_parameters()}
+    return terms.loss.detach(), logprobs.detach() * batch.action_mask, masked_sum(entropy, batch.action_mask), grads
+
+
+@pytest.mark.parametrize("shared, chunk", [(20, 3), (20, 512), (0, 4)])
+def test_update_forward_matches_plain_computation(shared, chunk, monkeypatch):
+    monkeypatch.setattr(policy_module, "LOGPROB_CHUNK", chunk)
+    model, tokenizer = tiny_model(seed=1)
+    policy = Policy("long", model, tokenizer, TrainerConfig(), temperature=TEMPERATURE, optimizer_steps=1)
+    batch = MicroBatch.collate(_samples(len(tokenizer), shared=shared), policy.pad_id, policy.device)
+    assert (batch.shared > 0) == (shared > 0)
+    policy.train_mode()
+    fast = _loss_and_grads(policy, batch, lambda b: policy.logprobs(b, with_entropy=True))
+    plain = _loss_and_grads(policy, batch, lambda b: _plain_logprobs(policy.model, b))
+    assert torch.allclose(fast[0], plain[0], atol=1e-6)
+    assert torch.allclose(fast[1], plain[1], atol=1e-5)
+    assert torch.allclose(fast[2], plain[2], atol=1e-4)
+    for name, grad in plain[3].items():
+        assert torch.allclose(fast[3][name], grad, atol=1e-6, rtol=1e-4), name
+    with torch.no_grad():  # the reference model's path (no gradient, no checkpointing)
+        assert torch.allclose(policy.logprobs(batch)[0] * batch.action_mask, plain[1], atol=1e-5)
+
+
+def test_shared_prefix_stops_before_the_first_predicting_position():
+    samples = _samples(500, shared=20)
+    batch = MicroBatch.collate(samples, 0, torch.device("cpu"))
+    first_action = min(s.action_mask.index(1) for s in samples)
+    assert batch.start == first_action and 20 <= batch.shared <= first_action - 1
+    assert MicroBatch.collate(samples[:1], 0, torch.device("cpu")).shared == 0  # one row: nothing to share
+    assert MicroBatch.collate(_samples(500, shared=5), 0, torch.device("cpu")).shared == 0  # too short to pay
