@@ -22,7 +22,7 @@ def test_plain_install_resolves_recipes_outside_the_repository(tmp_path: Path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(ROOT)], check=True, capture_output=True, timeout=300)
-    code = ("import longshort.config as c, longshort.data as d, longshort.paths as p, longshort.tables as t; "
+    code = ("import longshort.config as c, longshort.data as d, longshort.paths as p, longshort.reproduce.tables as t; "
             "cfg = c.load_config('qwen7b'); "
             "from longshort.report.render import _asset; assert 'report-data' in _asset('report.js'); "
             "print(c.recipe_dir()); print(cfg.agents['long'].model.name_or_path); print(p.packaged_data_dir()); "

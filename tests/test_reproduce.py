@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from longshort import reproduce
+from longshort.reproduce import run as reproduce
 from longshort.models import tiny_model
-from longshort.tables import TableError, load_table, parse_table, table_dir
+from longshort.reproduce.tables import TableError, load_table, parse_table, table_dir
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from longshort.analysis.redundancy import RedundancyScore, pruning_results
 from longshort.evaluation.published import PUBLISHED
 from longshort.evaluation.report import comparison_table, markdown_table, plot, row_of, row_of_published
 from longshort.evaluation.results import Results
-from longshort.tables import HELDOUT, RowSpec, TableSpec
+from longshort.reproduce.tables import HELDOUT, RowSpec, TableSpec
 
 REDUNDANT_COLUMN = "removed steps truly redundant"
 

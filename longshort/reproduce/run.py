@@ -1,6 +1,6 @@
 """``python -m longshort.reproduce table=tiny|paper|PATH [out=DIR] [--dry-run]``: reproduce a paper table.
 
-Reads a table spec (``longshort.tables``; ``recipes/tables/*.yaml``), turns it into a list of
+Reads a table spec (``longshort.reproduce.tables``; ``recipes/tables/*.yaml``), turns it into a list of
 commands of the existing entry points (``python -m longshort.train``, ``python -m longshort.evaluate``,
 ``python -m longshort.analysis.entropy``), runs those not yet done, and writes ``table.md``,
 ``table.json`` and ``plot.png`` into the output folder (default: the spec's ``output_dir``).
@@ -33,7 +33,7 @@ from typing import Callable
 from rich.console import Console
 
 from longshort.config import ConfigError, load_config
-from longshort.tables import HELDOUT, RowSpec, TableError, TableSpec, load_table
+from longshort.reproduce.tables import HELDOUT, RowSpec, TableError, TableSpec, load_table
 
 console = Console(stderr=True)
 
@@ -201,7 +201,7 @@ def run_table(spec: TableSpec, out: Path, *, runner: Callable[[Command, Layout],
         timings_path.write_text(json.dumps(timings, indent=1) + "\n")
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"command": command.shell(), "seconds": round(seconds, 1)}) + "\n")
-    from longshort.table_results import write_table
+    from longshort.reproduce.results import write_table
 
     return write_table(spec, layout)
 
@@ -228,7 +228,7 @@ def dry_run(spec: TableSpec, out: Path) -> list[Command]:
 
 
 def usage() -> str:
-    from longshort.tables import list_tables
+    from longshort.reproduce.tables import list_tables
 
     lines = [f"usage: python -m {PROG} table=NAME|PATH [out=DIR] [--dry-run]", f"tables: {', '.join(list_tables())}",
              "arguments:"]
@@ -273,6 +273,3 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"[green]done[/green]: {table}, {table.parent / 'plot.png'}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

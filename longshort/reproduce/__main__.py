@@ -1,0 +1,5 @@
+import sys
+
+from longshort.reproduce.run import main
+
+sys.exit(main())
