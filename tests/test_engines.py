@@ -17,6 +17,7 @@ import torch
 from longshort.engines import hf
 from longshort.engines import Engine, Generation, HFEngine, RemoteEngine, SamplingParams, VLLMEngine, build_engine
 from longshort.models import tiny_model
+from scripted import varied_tiny_model
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=24)
 TEXTS = ["Hello there", "What is 2+2? Let me think about this carefully, step by step.", "a",
@@ -25,15 +26,7 @@ TEXTS = ["Hello there", "What is 2+2? Let me think about this carefully, step by
 
 @pytest.fixture(scope="module")
 def tiny():
-    """tiny_model with larger random weights: at the default init scale a tied-embedding model repeats
-    its input token forever, and a constant output would hide padding and position bugs."""
-    model, tokenizer = tiny_model(seed=0)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.15)
-    return model, tokenizer
+    return varied_tiny_model()
 
 
 @pytest.fixture(scope="module")

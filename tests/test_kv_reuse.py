@@ -14,22 +14,15 @@ from longshort.data import Problem
 from longshort.engines import HFEngine, SamplingParams
 from longshort.engines.base import SessionEngine
 from longshort.engines.kv_reuse import KVEntry, KVStore
-from longshort.models import tiny_model
 from longshort.rollout import RolloutRunner
+from scripted import varied_tiny_model
 
 SAMPLED = SamplingParams(temperature=1.0, max_new_tokens=12)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    """Larger random weights than the default init, so outputs vary with position and padding."""
-    model, tokenizer = tiny_model(seed=0)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.15)
-    return model, tokenizer
+    return varied_tiny_model()
 
 
 class ForcedTurnsEnv(LongShortEnv):

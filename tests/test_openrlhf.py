@@ -210,15 +210,6 @@ class PingPong(Env):
         return "pong" if turn.role == "ping" else "ping"
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    model, tok = tiny_model(seed=3)
-    path = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def ping_pong_config(model: str, max_new_tokens: int = 5) -> Config:
     agent = AgentConfig(type="test_chatter", model=ModelConfig(name_or_path=model),
                         sampling=SamplingConfig(temperature=1.0, max_new_tokens=max_new_tokens))

@@ -14,21 +14,11 @@ import pytest
 
 from longshort.config import ConfigError, load_config
 from longshort.engines.base import SamplingParams
-from longshort.models import tiny_model
 from longshort.trainers.openrlhf import commands, launch, memory, preflight, sft_main
 from longshort.trainers.openrlhf.partner import PartnerSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_OPENRLHF = "openrlhf is not installed (pip install --no-deps openrlhf==0.11.2 && pip install pylatexenc aiohttp)"
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    model, tok = tiny_model(seed=3)
-    path = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def flag(command, name: str) -> str:
