@@ -15,20 +15,24 @@ One rollout is made, then both agents' updates run on the same samples, alternat
 - ``before``: the update's forward as it was (``full_vocab_logprobs`` below, kept verbatim as the
   baseline): every row through the whole model, logits of every position from the first action
   token on, in fp32, for the whole micro-batch at once;
-- ``after``: ``Policy.logprobs`` (shared prefix, logits at action tokens only, chunked log-softmax).
+- ``after``: ``Policy.logprobs`` (shared prefix, logits at action tokens only, chunked log-softmax);
+- ``rows``: the same with ``trainer.gradient_checkpointing`` (each row's rest checkpointed by itself,
+  the shared prefix run once), the setting that trades one more forward pass for memory.
 
 Peaks are taken per phase: the kernel's resident-set high-water mark is reset (``/proc/self/clear_refs``)
 after freed heap memory is returned (``longshort.memory``), so each number is the phase's own peak
 (process baseline included: weights, optimiser states). Every update moves the weights a little;
-the order after-warm-up, before, after, before, after keeps both sides comparable.
+the order after-warm-up, then before, after, rows repeated, keeps the sides comparable.
 
     python benchmarks/rl_step_memory.py                  # SmolLM2-135M, micro-batch 8
     python benchmarks/rl_step_memory.py --micro-batch 16
+    python benchmarks/rl_step_memory.py --sides after,rows --repeats 1
     python benchmarks/rl_step_memory.py --tiny           # seconds: tiny random models, smoke test
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from contextlib import contextmanager
@@ -91,6 +95,7 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--real-env", action="store_true", help="the real long_short env (short episodes)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating measured updates of each side")
+    parser.add_argument("--sides", default="before,after,rows", help="which updates to measure, comma-separated")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
@@ -120,6 +125,10 @@ def main() -> None:
               + (f", CUDA {rollout['cuda_gib']:.2f} GiB" if "cuda_gib" in rollout else ""))
 
         original = Policy.logprobs
+        sides = args.sides.split(",")
+        unknown = set(sides) - {"before", "after", "rows"}
+        if unknown:
+            parser.error(f"unknown side(s) {sorted(unknown)}: choose from before, after, rows")
 
         def update(side: str) -> dict:
             Policy.logprobs = full_vocab_logprobs if side == "before" else original
@@ -127,13 +136,14 @@ def main() -> None:
             try:
                 with peak(result):
                     for role, policy in trainer.policies.items():
+                        policy.config = dataclasses.replace(policy.config, gradient_checkpointing=side == "rows")
                         result[role] = trainer.update(policy, samples[role])["policy_loss"]
             finally:
                 Policy.logprobs = original
             return result
 
         update("after")  # warm-up: AdamW allocates its states at the first step
-        runs = [update(side) for _ in range(args.repeats) for side in ("before", "after")]
+        runs = [update(side) for _ in range(args.repeats) for side in sides]
 
     print(f"\n{'update':>7} {'seconds':>8} {'RSS at start':>13} {'peak RSS GiB':>13} {'CUDA GiB':>9}   "
           f"share of step (rollout {rollout['seconds']:.1f} s)")
@@ -144,12 +154,15 @@ def main() -> None:
         side = best.setdefault(run["side"], run)
         if run["rss_gib"] < side["rss_gib"]:
             best[run["side"]] = run
-    before, after = best["before"], best["after"]
-    print(f"\nafter/before: peak RSS {after['rss_gib'] / before['rss_gib']:.2f}x, above the RSS at start "
-          f"{(after['rss_gib'] - after['base_gib']) / (before['rss_gib'] - before['base_gib']):.2f}x, "
-          f"update time {min(r['seconds'] for r in runs if r['side'] == 'after') / min(r['seconds'] for r in runs if r['side'] == 'before'):.2f}x")
-    if "cuda_gib" in after:
-        print(f"after/before: CUDA peak {after['cuda_gib'] / before['cuda_gib']:.2f}x")
+    fastest = {side: min(r["seconds"] for r in runs if r["side"] == side) for side in best}
+    print()
+    for new, old in (("after", "before"), ("rows", "before"), ("rows", "after")):
+        if new in best and old in best:
+            a, b = best[new], best[old]
+            print(f"{new}/{old}: peak RSS {a['rss_gib'] / b['rss_gib']:.2f}x, above the RSS at start "
+                  f"{(a['rss_gib'] - a['base_gib']) / (b['rss_gib'] - b['base_gib']):.2f}x, "
+                  f"update time {fastest[new] / fastest[old]:.2f}x"
+                  + (f", CUDA peak {a['cuda_gib'] / b['cuda_gib']:.2f}x" if "cuda_gib" in a else ""))
 
 
 if __name__ == "__main__":

@@ -251,19 +251,16 @@ def test_bf16_model_trains_through_fp32_master_weights(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(resumed.policies["solo"].params, policy.params))
 
 
-def test_gradient_checkpointing_recomputes_and_gives_the_same_update(tmp_path, monkeypatch):
-    # Prefix sharing (off under checkpointing) adds forward calls of its own; off in both runs here.
-    monkeypatch.setattr("longshort.trainers.policy.MIN_SHARED_PREFIX", 10**9)
+def test_gradient_checkpointing_recomputes_and_gives_the_same_update(tmp_path):
     norms, calls = [], []
     for checkpointing in (False, True):
         trainer = trainer_for(make_config(steps=1, gradient_checkpointing=checkpointing), tmp_path / str(checkpointing))
         mlp = trainer.policies["solo"].model.model.layers[0].mlp
         count = []
-        # a pre-hook: torch stops a recomputation as soon as it has what backward needs, before the layer returns
         mlp.register_forward_pre_hook(lambda *_: count.append(1) if torch.is_grad_enabled() else None)
         norms.append(trainer.step(0)["train/solo/grad_norm"])
         calls.append(len(count))
-    assert calls[1] == 2 * calls[0] > 0  # the backward pass ran the layer again
+    assert calls[1] > calls[0] > 0  # the backward pass ran the layer again (row by row: see test_policy_logprobs)
     assert norms[0] == pytest.approx(norms[1], rel=1e-4)
 
 

@@ -55,11 +55,13 @@ def _loss_and_grads(policy: Policy, batch: MicroBatch, compute) -> tuple:
     return terms.loss.detach(), logprobs.detach() * batch.action_mask, masked_sum(entropy, batch.action_mask), grads
 
 
-@pytest.mark.parametrize("shared, chunk", [(20, 3), (20, 512), (0, 4)])
-def test_update_forward_matches_plain_computation(shared, chunk, monkeypatch):
+@pytest.mark.parametrize("shared, chunk, checkpointing", [(20, 3, False), (20, 512, False), (0, 4, False),
+                                                          (20, 3, True), (0, 512, True)])
+def test_update_forward_matches_plain_computation(shared, chunk, checkpointing, monkeypatch):
     monkeypatch.setattr(policy_module, "LOGPROB_CHUNK", chunk)
     model, tokenizer = tiny_model(seed=1)
-    policy = Policy("long", model, tokenizer, TrainerConfig(), temperature=TEMPERATURE, optimizer_steps=1)
+    policy = Policy("long", model, tokenizer, TrainerConfig(gradient_checkpointing=checkpointing),
+                    temperature=TEMPERATURE, optimizer_steps=1)
     batch = MicroBatch.collate(_samples(len(tokenizer), shared=shared), policy.pad_id, policy.device)
     assert (batch.shared > 0) == (shared > 0)
     policy.train_mode()
@@ -81,3 +83,21 @@ def test_shared_prefix_stops_before_the_first_predicting_position():
     assert batch.start == first_action and 20 <= batch.shared <= first_action - 1
     assert MicroBatch.collate(samples[:1], 0, torch.device("cpu")).shared == 0  # one row: nothing to share
     assert MicroBatch.collate(_samples(500, shared=5), 0, torch.device("cpu")).shared == 0  # too short to pay
+
+
+@pytest.mark.parametrize("shared", [20, 0])
+def test_row_checkpointing_recomputes_each_row_once_and_the_prefix_never(shared):
+    model, tokenizer = tiny_model(seed=1)
+    policy = Policy("long", model, tokenizer, TrainerConfig(gradient_checkpointing=True), temperature=TEMPERATURE,
+                    optimizer_steps=1)
+    batch = MicroBatch.collate(_samples(len(tokenizer), shared=shared), policy.pad_id, policy.device)
+    rows = []
+    # a pre-hook: torch stops a recomputation once it has what backward needs, before the layer returns
+    model.model.layers[0].mlp.register_forward_pre_hook(lambda _, args: rows.append(args[0].shape[:2]))
+    logprobs, _ = policy.logprobs(batch)
+    forward = list(rows)
+    (logprobs * batch.action_mask).sum().backward()
+    lengths = [int(n) - batch.shared for n in batch.attention_mask.sum(dim=1)]
+    # forward: the prefix once (a batch of one), then every row alone and without its padding
+    assert forward == ([(1, batch.shared)] if shared else []) + [(1, n) for n in lengths]
+    assert rows[len(forward):] == [(1, n) for n in reversed(lengths)]  # backward: each row again, never the prefix

@@ -27,6 +27,13 @@ log-softmax) in ``tests/test_policy_logprobs.py`` for equal log-probabilities, l
   them at a time under activation checkpointing: the backward pass recomputes one chunk's logits
   at a time instead of keeping the ``[tokens, vocabulary]`` fp32 logits of the whole micro-batch
   (200 KiB a token for a 49k vocabulary, several copies of it) alive until the backward.
+- **Row checkpointing** (``trainer.gradient_checkpointing``). What the backward pass keeps is then
+  the decoder's activations of the micro-batch's rows. Under this setting each row's rest (after the
+  shared prefix, without its padding) runs under activation checkpointing by itself: the backward
+  pass recomputes one row at a time, and the shared prefix, whose keys and values every row reads,
+  still runs once with its gradients. HF's per-layer checkpointing cannot do this: it drops the
+  cache, so the rows would no longer see the prefix (and a recomputed layer would append its keys
+  to the cache a second time). Cost: one more forward pass of every row's rest.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+from transformers.cache_utils import DynamicCache
 
 from longshort.algos import entropy_from_logits
 from longshort.config import TrainerConfig
@@ -120,9 +128,6 @@ class Policy:
         _disable_dropout(model)
         model.eval()
         self.reference = _frozen_copy(model) if config.kl_coef > 0 else None
-        if config.gradient_checkpointing:  # renamed in transformers 5.x; the old name warns until v6
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-            enable()
         self.params = [p for p in model.parameters() if p.requires_grad]
         mixed = any(p.dtype != torch.float32 for p in self.params)
         self.master = ([p.detach().float().clone().requires_grad_(True) for p in self.params] if mixed
@@ -155,24 +160,37 @@ class Policy:
         return logprobs, entropy
 
     def _hidden(self, model, batch: MicroBatch) -> tuple[Tensor, int]:
-        """The decoder's last hidden states of every row, without the first ``offset`` (shared) positions.
-
-        Sharing is off under gradient checkpointing, which runs without a cache (as in SFT).
-        """
+        """The decoder's last hidden states of every row, without the first ``offset`` (shared) positions."""
         decoder = model.base_model
-        shared = batch.shared if not (model.training and self.config.gradient_checkpointing) else 0
-        if not shared:
+        shared = batch.shared
+        prefix = None
+        if shared:
+            prefix = returned_cache(decoder(input_ids=batch.input_ids[:1, :shared], use_cache=True))
+        if self.config.gradient_checkpointing and torch.is_grad_enabled():
+            return self._checkpointed_rows(decoder, batch, prefix), shared
+        if prefix is None:
             out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
             return out.last_hidden_state, 0
-        cache = returned_cache(decoder(input_ids=batch.input_ids[:1, :shared], use_cache=True))
-        cache.batch_repeat_interleave(batch.input_ids.shape[0])
-        out = decoder(input_ids=batch.input_ids[:, shared:], attention_mask=batch.attention_mask, **cache_kwarg(cache),
-                      use_cache=True)
+        prefix.batch_repeat_interleave(batch.input_ids.shape[0])
+        out = decoder(input_ids=batch.input_ids[:, shared:], attention_mask=batch.attention_mask,
+                      **cache_kwarg(prefix), use_cache=True)
         return out.last_hidden_state, shared
+
+    def _checkpointed_rows(self, decoder, batch: MicroBatch, prefix) -> Tensor:
+        """Each row's rest by itself under activation checkpointing, right-padded back into ``[B, L - shared]``."""
+        shared = batch.shared
+        layers = [] if prefix is None else [(layer.keys, layer.values) for layer in prefix.layers]
+        flat = [tensor for pair in layers for tensor in pair]  # checkpoint tracks gradients of tensor arguments
+        lengths = batch.attention_mask.sum(dim=1).tolist()
+        rows = [checkpoint(_row_hidden, decoder, batch.input_ids[row:row + 1, shared:length], *flat,
+                           use_reentrant=False)
+                for row, length in enumerate(lengths)]
+        width = batch.input_ids.shape[1] - shared
+        return torch.cat([torch.nn.functional.pad(h, (0, 0, 0, width - h.shape[1])) for h in rows])
 
     # ------------------------------------------------------------------ optimisation
     def train_mode(self) -> None:
-        """Train mode for the update (gradient checkpointing only runs in it); dropout is off anyway."""
+        """Train mode for the update; dropout is off anyway."""
         self.model.train()
 
     def eval_mode(self) -> None:
@@ -250,6 +268,18 @@ class Policy:
         state = torch.load(directory / "optimizer.pt", map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+def _row_hidden(decoder, ids: Tensor, *prefix: Tensor) -> Tensor:
+    """One row's last hidden states after ``prefix`` (flat keys, values per layer; none: from the start).
+
+    The cache is built afresh at every call: the backward pass's recomputation must see the prefix
+    alone, not the row's keys that the first run appended.
+    """
+    if not prefix:
+        return decoder(input_ids=ids, use_cache=False).last_hidden_state
+    cache = DynamicCache(list(zip(prefix[0::2], prefix[1::2])))
+    return decoder(input_ids=ids, **cache_kwarg(cache), use_cache=True).last_hidden_state
 
 
 def _token_logprobs(head, hidden: Tensor, targets: Tensor, temperature: float,
