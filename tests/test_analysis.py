@@ -21,7 +21,7 @@ from longshort.analysis.importance import decay, score_thoughts
 from longshort.analysis.lenient_json import loads
 from longshort.analysis.pruning import (SKIP, answer_after_pruning, prune_count, prune_text, select_steps,
                                         summarise)
-from longshort.analysis.scoring import entropy_bits, step_entropies, stepwise_token_entropies, token_entropies
+from longshort.analysis.scoring import OPENER_TOKENS, entropy_bits, step_entropies, stepwise_token_entropies, token_entropies
 from longshort.analysis.skip import sft_examples
 from longshort.analysis.steps import StepSegmenter, segment_text, thinking_text
 from longshort.analysis.synthesis import SynthesisConfig, check_transcript, important_thoughts, runs, synthesize
@@ -188,9 +188,11 @@ def test_batched_pass_equals_step_by_step_with_padding():
         steps = segmenter.segment(chain)
         assert torch.allclose(got, stepwise_token_entropies(model, prompt, chain, steps), atol=1e-4)
         scores = step_entropies(got, steps)
-        for step, mean, total in zip(steps, scores.mean, scores.total):
+        for step, mean, total, body in zip(steps, scores.mean, scores.total, scores.body):
             assert total == pytest.approx(float(got[step.scored.start:step.scored.stop].sum()), abs=1e-5)
             assert mean == pytest.approx(total / len(step.scored), abs=1e-5)
+            after_opener = got[step.scored.start + OPENER_TOKENS:step.scored.stop]
+            assert body == pytest.approx(float(after_opener.mean()) if len(after_opener) else mean, abs=1e-5)
 
 
 # ----------------------------------------------------------------------------------- pruning

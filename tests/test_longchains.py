@@ -80,5 +80,7 @@ def test_pruning_is_scored_against_the_recorded_redundancy():
     chains = long_chains(problems)
     result = teacher_forced_control(model, tokenizer, chains, [p.prompt for p in problems], kappa=0.8)
     expected = sum(int(0.8 * len(c.steps) + 1e-9) for c in chains)
-    assert {s["removed"] for s in result["strategies"].values()} == {expected}
-    assert set(result["kinds"]) <= set(KINDS) and GOLD in result["kinds"]
+    assert set(result["rankings"]) == {"mean", "sum", "body"}
+    for ranking in result["rankings"].values():
+        assert {s["removed"] for s in ranking.values()} == {expected}
+    assert all(set(kinds) <= set(KINDS) and GOLD in kinds for kinds in result["kinds"].values())

@@ -2,7 +2,8 @@
 
 1. The model writes its own chain of thought for each problem (sampled through ``HFEngine``, batched).
 2. One batched teacher-forced pass gives every thinking token's full-vocabulary entropy (bits, T=1);
-   steps are cut on the token ids and scored by their mean token entropy (``scoring``).
+   steps are cut on the token ids and scored by their mean token entropy (``scoring``; ``--score``
+   picks another aggregate: the v1 sum, or ``body``, the mean after each step's opener tokens).
 3. For kappa in {0, 0.2, ..., 1} and each strategy (lowest entropy first, random, highest first), the
    chosen steps become ``[SKIP]``, the thinking is closed, the model answers, the answer is graded
    (``pruning``).
@@ -23,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from longshort.analysis import cli_common as common
-from longshort.analysis.pruning import KAPPAS, STRATEGIES, Cell, answer_after_pruning, summarise
+from longshort.analysis.pruning import KAPPAS, SCORES, STRATEGIES, Cell, answer_after_pruning, summarise
 from longshort.engines.base import SamplingParams
 from longshort.verify import Verifier
 
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/step_entropy", help="output directory")
     parser.add_argument("--kappas", type=float, nargs="+", default=list(KAPPAS))
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    parser.add_argument("--score", choices=SCORES, default="mean",
+                        help="step score to rank by: mean token entropy (the paper's), sum (v1), or body (the mean "
+                             "after each step's first tokens, not the paper's; see scoring.StepEntropy)")
     parser.add_argument("--chain-tokens", type=int, default=256, help="token budget of a chain of thought")
     parser.add_argument("--chain-temperature", type=float, default=0.6, help="the paper samples at 0.6, top-p 0.95")
     parser.add_argument("--answer-tokens", type=int, default=32, help="token budget of the answer after </think>")
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
     answers = asyncio.run(answer_after_pruning(
-        engine, chains, steps, [s.mean for s in scores], kappas=args.kappas, strategies=args.strategies,
+        engine, chains, steps, [s.ranking(args.score) for s in scores], kappas=args.kappas, strategies=args.strategies,
         sampling=fmt.answer_sampling(args.answer_temperature, args.answer_tokens), verifier=verifier, fmt=fmt,
         seed=args.seed))
     timings["answers_s"] = time.perf_counter() - start
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
                     "answers": len({(a.problem_id, a.thinking) for a in answers})},
         "table": [asdict(c) for c in cells],
         "per_chain": [{"id": c.problem_id, "question": c.question, "gold": c.gold, "steps": [st.text for st in s],
-                       "mean": sc.mean, "sum": sc.total, "token_entropy": [round(float(x), 4) for x in e]}
+                       "mean": sc.mean, "sum": sc.total, "body": sc.body, "token_entropy": [round(float(x), 4) for x in e]}
                       for c, s, sc, e in zip(chains, steps, scores, entropies)],
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))

@@ -26,6 +26,7 @@ from longshort.verify import Verifier
 
 SKIP = "[SKIP]"
 STRATEGIES = ("low", "random", "high")
+SCORES = ("mean", "sum", "body")  # step scores to rank by (scoring.StepEntropy): the paper's is the mean
 KAPPAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 

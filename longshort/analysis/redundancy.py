@@ -83,12 +83,13 @@ def teacher_forced_control(model, tokenizer, chains, questions: Sequence[str], *
     """Step entropy of written long chains under ``model`` (one teacher-forced pass), and what each
     pruning rule removes at ``kappa``: the positive control of step entropy, with the truth known.
 
-    Steps are ranked by their mean token entropy (the paper's v2 score, what ``entropy_skip`` uses) and,
-    for comparison, by the sum (v1). Returns ``{"strategies": {strategy: score dict}, "by_total":
-    {strategy: score dict}, "kinds": {kind: mean step entropy}, "steps": n}``.
+    Steps are ranked by each score of ``pruning.SCORES``: the mean token entropy (the paper's v2
+    score, what ``entropy_skip`` uses), the sum (v1) and the mean after the step's opener tokens
+    (``StepEntropy.body``, not the paper's). Returns ``{"rankings": {score: {strategy: score dict}},
+    "kinds": {score: {kind: mean step score}}, "steps": n}``.
     """
     from longshort.analysis.chains import ChainFormat
-    from longshort.analysis.pruning import STRATEGIES, select_steps
+    from longshort.analysis.pruning import SCORES, STRATEGIES, select_steps
     from longshort.analysis.scoring import step_entropies, token_entropies
     from longshort.analysis.steps import StepSegmenter, segment_text
 
@@ -103,20 +104,21 @@ def teacher_forced_control(model, tokenizer, chains, questions: Sequence[str], *
         sequences.append((fmt.thinking_prompt_ids(tokenizer, question),
                           tokenizer.encode(chain.thinking, add_special_tokens=False)))
     entropies = [step_entropies(e, s) for e, s in zip(token_entropies(model, sequences), segmented)]
-    scores = [e.mean for e in entropies]
-    by_kind: dict[str, list[float]] = {}
-    for chain, chain_scores in zip(chains, scores):
-        for kind, value in zip(chain.kinds, chain_scores):
-            by_kind.setdefault(kind, []).append(value)
 
-    def rules(per_chain: list[list[float]]) -> dict:
+    def by_kind(score: str) -> dict[str, float]:
+        values: dict[str, list[float]] = {}
+        for chain, entropy in zip(chains, entropies):
+            for kind, value in zip(chain.kinds, entropy.ranking(score)):
+                values.setdefault(kind, []).append(value)
+        return dict(sorted(((kind, sum(v) / len(v)) for kind, v in values.items()), key=lambda kv: kv[1]))
+
+    def rules(score: str) -> dict:
         return {strategy: score_pruning(
-            (chain.redundant, select_steps(s, kappa, strategy, seed=f"{seed}:{chain.problem_id}"))
-            for chain, s in zip(chains, per_chain)).to_dict() for strategy in STRATEGIES}
+            (chain.redundant, select_steps(e.ranking(score), kappa, strategy, seed=f"{seed}:{chain.problem_id}"))
+            for chain, e in zip(chains, entropies)).to_dict() for strategy in STRATEGIES}
 
-    return {"kappa": kappa, "strategies": rules(scores), "by_total": rules([e.total for e in entropies]),
-            "steps": sum(len(c.steps) for c in chains),
-            "kinds": {kind: sum(v) / len(v) for kind, v in sorted(by_kind.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))}}
+    return {"kappa": kappa, "rankings": {score: rules(score) for score in SCORES},
+            "kinds": {score: by_kind(score) for score in SCORES}, "steps": sum(len(c.steps) for c in chains)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,12 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     result["seconds"] = round(time.perf_counter() - began, 1)
     print(f"{args.model}: {len(chains)} long chains, {result['steps']} steps, redundancy {args.redundancy}; "
           f"pruning {args.kappa:.0%} of each chain's steps ({result['seconds']} s)")
-    for ranking, key in (("mean", "strategies"), ("sum", "by_total")):
-        for strategy, score in result[key].items():
+    for ranking, rules in result["rankings"].items():
+        for strategy, score in rules.items():
             print(f"  {strategy:>6} ({ranking} entropy): {score['removed']} steps removed, "
                   f"{100 * (score['precision'] or 0):.1f}% of them redundant; "
                   f"{100 * (score['recall'] or 0):.1f}% of the redundant steps removed")
-    print("  mean step entropy by kind (bits): " + ", ".join(f"{k} {v:.2f}" for k, v in result["kinds"].items()))
+        print(f"  {ranking} step entropy by kind (bits): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in result["kinds"][ranking].items()))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"settings": vars(args), **result}, indent=1) + "\n")

@@ -115,20 +115,39 @@ def stepwise_token_entropies(model, prompt_ids: Sequence[int], chain_ids: Sequen
     return out
 
 
+OPENER_TOKENS = 2  # a step's first tokens, which say what kind of step comes next (see StepEntropy.body)
+
+
 @dataclass
 class StepEntropy:
     """Per-step scores of one chain: ``mean`` is the paper's length-normalised step entropy (v2, used
-    for ranking); ``total`` is the v1 sum, the quantity Theorem 1 bounds the information by."""
+    for ranking); ``total`` is the v1 sum, the quantity Theorem 1 bounds the information by.
+
+    ``body`` (not the paper's) is the mean over the step's content after its first ``OPENER_TOKENS``
+    tokens (the whole step when it is no longer than that). Why: a step's opener ("Wait,", "So")
+    carries the choice of what kind of step comes next, which is uncertain for every kind of step
+    alike, while the redundancy of a step (a re-check copies numbers already written) shows in how
+    predictable its content is. On chains with known redundancy (``analysis.redundancy``) this
+    separates the two; on a model's own chains it is a lever to try, not the paper's method.
+    """
 
     mean: list[float]
     total: list[float]
+    body: list[float]
+
+    def ranking(self, score: str) -> list[float]:
+        """The scores one of ``pruning.SCORES`` names."""
+        return {"mean": self.mean, "sum": self.total, "body": self.body}[score]
+
 
 
 def step_entropies(token_entropy: torch.Tensor, steps: Sequence[Step]) -> StepEntropy:
     """Aggregate token entropies over each step's content tokens (``Step.scored``)."""
-    means, totals = [], []
+    means, totals, bodies = [], [], []
     for step in steps:
         values = token_entropy[step.scored.start:step.scored.stop]
+        body = values[OPENER_TOKENS:] if len(values) > OPENER_TOKENS else values
         totals.append(float(values.sum()))
         means.append(float(values.mean()) if len(values) else 0.0)
-    return StepEntropy(means, totals)
+        bodies.append(float(body.mean()) if len(body) else 0.0)
+    return StepEntropy(means, totals, bodies)
