@@ -341,3 +341,23 @@ def test_synthesis_alternates_roles_and_passes_the_agents_format_checks():
     for thought in record["thoughts"]:
         thought["accuracy"] = 0.0  # never reaches the gold answer: no transcript
     assert asyncio.run(synthesize(record)) is None
+
+
+def test_entropy_analysis_ranks_steps_by_the_chosen_score(tiny_dir, tmp_path, monkeypatch):
+    from longshort.analysis import entropy
+
+    received = []
+
+    async def spy(engine, chains, steps, scores, **kwargs):
+        received.append(scores)
+        return await answer_after_pruning(engine, chains, steps, scores, **kwargs)
+
+    monkeypatch.setattr(entropy, "answer_after_pruning", spy)
+    for score in ("mean", "body", "sum"):
+        out = tmp_path / score
+        entropy.main(["--model", str(tiny_dir), "--dtype", "fp32", "--device", "cpu", "--limit", "3", "--kappas", "0.5",
+                      "--strategies", "low", "--chain-tokens", "24", "--answer-tokens", "2", "--score", score,
+                      "--out", str(out)])
+        summary = json.loads((out / "results.json").read_text())
+        assert summary["settings"]["score"] == score
+        assert received[-1] == [c[score] for c in summary["per_chain"]]  # what the pruning ranked by
