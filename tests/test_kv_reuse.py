@@ -3,6 +3,7 @@ turn from scratch, with less prefill, and bounded memory (entries freed per epis
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from envs.long_short import LongShortEnv
 from longshort.data import Problem
 from longshort.engines import HFEngine, SamplingParams
 from longshort.engines.base import SessionEngine
-from longshort.engines.kv_reuse import KVEntry, KVStore
+from longshort.engines.kv_reuse import KVEntry, KVStore, PrefixCache, shared_openings
 from longshort.rollout import RolloutRunner
 from scripted import varied_tiny_model
 
@@ -63,7 +64,9 @@ def test_rollout_with_reuse_matches_full_prefill(tiny):
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
     assert slow.stats.reused_tokens == 0 and slow.stats.prefill_tokens == slow.stats.prompt_tokens
     assert fast.stats.prompt_tokens == slow.stats.prompt_tokens
-    assert fast.stats.prefill_tokens + fast.stats.reused_tokens == fast.stats.prompt_tokens
+    # every prompt token was either run in its row or taken from a cache; shared openings ran once each
+    assert fast.stats.prefill_tokens - fast.stats.openings_encoded + fast.stats.reused_tokens == fast.stats.prompt_tokens
+    assert fast.stats.opening_tokens > 0 and 0 < fast.stats.openings_encoded < fast.stats.opening_tokens
     # Each agent's first turn (6 episodes x 2 agents) prefills everything; later turns only the new part.
     first_turns = sum(len(t.prompt_ids) for g in reused for ep in g for t in ep.turns[:2])
     assert fast.stats.prefill_tokens < first_turns + 6 * 3 * (SAMPLED.max_new_tokens + 8)
@@ -124,3 +127,47 @@ def test_store_takes_the_common_prefix_and_evicts_least_recently_stored():
     assert len(store) == 1
     with pytest.raises(ValueError, match="kv_cache_budget"):
         KVStore(-1)
+
+
+def test_shared_openings_split_where_prompts_diverge():
+    system_a, system_b = list(range(100, 120)), list(range(100, 104)) + list(range(200, 216))
+    prompts = {0: system_a + [1, 2], 1: system_a + [3], 2: system_b + [4, 5], 3: system_b + [6], 4: [9] * 30,
+               5: system_a + [7, 8]}
+    # rows 0, 1, 5 share agent a's 20-token system prompt, rows 2, 3 agent b's; row 4 shares nothing
+    assert sorted(shared_openings(prompts)) == [([0, 1, 5], 20), ([2, 3], 20)]
+    assert shared_openings({0: system_a + [1], 1: system_a + [1]}) == [([0, 1], 20)]  # never the last token
+    assert shared_openings({0: system_a[:10] + [1], 1: system_a[:10] + [2]}) == []  # too short to pay
+
+
+def test_prefix_cache_serves_the_longest_stored_opening():
+    layers = [(torch.zeros(1, 30, 2), torch.zeros(1, 30, 2))]
+    cache = PrefixCache(entries=2, min_tokens=4)
+    system, longer = KVEntry(list(range(20)), layers), KVEntry(list(range(20)) + [50] * 5, layers)
+    cache.put(system)
+    cache.put(longer)
+    assert cache.take(list(range(20)) + [50, 50, 7]) == (22, longer)  # up to where they differ
+    assert cache.take(list(range(30)))[0] == 20
+    assert cache.take(list(range(10)))[0] == 9  # never a prompt's last token
+    assert cache.take([1, 2, 3, 4, 5]) == (0, None)
+    cache.put(KVEntry([7] * 8, layers))  # a third opening evicts the least recently used
+    assert len(cache) == 2 and cache.take([7] * 9)[0] == 8
+
+
+def test_an_update_in_place_invalidates_the_cached_keys(tiny):
+    """After the weights change, a repeated request equals an uncached engine's answer on the new weights."""
+    model, tokenizer = tiny
+    model = copy.deepcopy(model)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=8)
+    prompts = [tokenizer("You are a careful solver of problems. " * 3 + q).input_ids for q in ("2+2?", "3+5?", "7*6?")]
+
+    async def answer(engine):
+        return [g.token_ids for g in await asyncio.gather(*(engine.generate(p, greedy) for p in prompts))]
+
+    engine = HFEngine(model, tokenizer)
+    asyncio.run(answer(engine))
+    assert engine.stats.opening_tokens > 0 and len(engine.openings) == 1
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    again = asyncio.run(answer(engine))
+    assert again == asyncio.run(answer(HFEngine(model, tokenizer, kv_cache_budget=0)))

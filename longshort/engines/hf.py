@@ -20,6 +20,11 @@ new tokens: each row's cached part sits right-aligned in the batch cache, its ne
 right-aligned after it, and the attention mask hides the gaps. Sampling is unchanged (same rows in
 the same order, so the same random numbers; the logits equal the full prefill's to float rounding),
 which ``tests/test_kv_reuse.py`` checks.
+
+Shared openings: rows with no session cache (an agent's first turn) still share most of their prompt
+with each other, the agent's system prompt. The engine encodes such an opening once, as a batch of
+one, keeps it (``kv_reuse.PrefixCache``) and places it in those rows' cache the same way, so a first
+turn prefills only its question. With ``kv_cache_budget=0`` nothing is reused of either kind.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from longshort.engines.base import Generation, SamplingParams
-from longshort.engines.kv_reuse import KVEntry, KVStore
+from longshort.engines.kv_reuse import KVEntry, KVStore, PrefixCache, shared_openings
 from longshort.hf_cache import cache_kwarg, returned_cache
 from longshort.registry import ENGINES
 
@@ -45,7 +50,9 @@ class EngineStats:
     requests: int = 0
     prompt_tokens: int = 0
     prefill_tokens: int = 0  # prompt tokens run through the model (the rest came from a session's cache)
-    reused_tokens: int = 0  # prompt tokens whose keys and values a session's cache supplied
+    reused_tokens: int = 0  # prompt tokens whose keys and values a cache supplied (a session's or a shared opening)
+    opening_tokens: int = 0  # of those, from shared openings
+    openings_encoded: int = 0  # tokens run (as batches of one) to encode shared openings; part of prefill_tokens
     generated_tokens: int = 0
     forward_passes: int = 0
     forward_rows: int = 0  # rows summed over forward passes: what dropping finished rows saves
@@ -147,6 +154,8 @@ class HFEngine:
         self.pad_id = next((i for i in (tokenizer.pad_token_id, *sorted(self.eos_ids)) if i is not None), 0)
         self.stats = EngineStats()
         self.kv = KVStore(kv_cache_budget)
+        self.openings = PrefixCache()
+        self._weights = _weights_version(model)  # cached keys and values are valid for these weights only
         self._reusable: bool | None = None  # whether the model's cache layers can be cut into rows; seen at first use
         self._stops = StopStrings(tokenizer)
         self._pending: list[_Request] = []
@@ -217,8 +226,15 @@ class HFEngine:
         self.stats.requests += len(requests)
         self.stats.largest_batch = max(self.stats.largest_batch, len(requests))
         self.stats.prompt_tokens += sum(len(r.prompt_ids) for r in requests)
+        weights = _weights_version(self.model)
+        if weights != self._weights:  # the trainer updated the model in place since the caches were made
+            self._weights = weights
+            self.kv.clear()
+            self.openings.clear()
         taken = [self.kv.take(r.session, r.prompt_ids) if r.session is not None and self._reusable is not False
                  else (0, None) for r in requests]
+        if self.kv.budget and self._reusable is not False:
+            self._take_openings(requests, taken)
         reused = [n for n, _ in taken]
         self.stats.reused_tokens += sum(reused)
         self.stats.prefill_tokens += sum(len(r.prompt_ids) - n for r, n in zip(requests, reused))
@@ -237,6 +253,38 @@ class HFEngine:
         logits, cache = self._forward(input_ids, mask, positions, cache)
         sampler = _Sampler([r.sampling for r in requests], self.device, self.generator)
         return _Batch(list(requests), logits, cache, mask, positions[:, -1:] + 1, sampler)
+
+    def _take_openings(self, requests: list[_Request], taken: list[tuple[int, KVEntry | None]]) -> None:
+        """Give the rows without a session's cache the longest shared opening there is: a stored one, or
+        one that several of them share, encoded now and stored (``taken`` is updated in place)."""
+        fresh = [row for row, (n, _) in enumerate(taken) if n == 0]
+        for row in fresh:
+            taken[row] = self.openings.take(requests[row].prompt_ids)
+        for rows, length in shared_openings({row: requests[row].prompt_ids for row in fresh}):
+            if max(taken[row][0] for row in rows) >= length:
+                continue
+            entry = self._encode(requests[rows[0]].prompt_ids[:length])
+            if entry is None:
+                return
+            self.openings.put(entry)
+            for row in rows:
+                if taken[row][0] < length:
+                    taken[row] = (length, entry)
+        self.stats.opening_tokens += sum(taken[row][0] for row in fresh)
+
+    def _encode(self, ids: list[int]) -> KVEntry | None:
+        """The keys and values of ``ids`` (a batch of one), or None for a model whose cache is not plain
+        per-layer keys and values."""
+        self.stats.forward_passes += 1
+        self.stats.forward_rows += 1
+        self.stats.prefill_tokens += len(ids)
+        self.stats.openings_encoded += len(ids)
+        out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1)
+        cache = returned_cache(out)
+        self._reusable = self._reusable if self._reusable is not None else _plain_layers(cache)
+        if not self._reusable:
+            return None
+        return KVEntry(list(ids), [(layer.keys[0], layer.values[0]) for layer in cache.layers])
 
     def _batch_cache(self, taken: list[tuple[int, KVEntry | None]], past: int) -> Cache:
         """One cache for the batch: row i's first ``n_i`` cached tokens in its last ``n_i`` of ``past`` columns."""
@@ -257,7 +305,7 @@ class HFEngine:
         """Store what the model has seen in a finishing row for its session's next turn: the prompt and
         every sampled token but the last (which was never run through the model)."""
         if self._reusable is None:
-            self._reusable = all(type(layer) is DynamicLayer for layer in batch.cache.layers)
+            self._reusable = _plain_layers(batch.cache)
         if not self._reusable or self.kv.budget == 0:
             return
         seen = batch.mask[row].bool()
@@ -400,6 +448,17 @@ def _device_lock(device: torch.device) -> threading.Lock:
     """
     with _DEVICE_LOCKS_GUARD:
         return _DEVICE_LOCKS.setdefault(str(device), threading.Lock())
+
+
+def _weights_version(model) -> int:
+    """A number that changes whenever any parameter is modified in place (optimiser steps, copies of
+    master weights, checkpoint loads): torch counts in-place writes per tensor."""
+    return sum(p._version for p in model.parameters())
+
+
+def _plain_layers(cache: Cache) -> bool:
+    """Whether a cache is plain per-layer keys and values, which rows can be cut from and placed into."""
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
 def _resolve(future: asyncio.Future, generation: Generation) -> None:
