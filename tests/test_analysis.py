@@ -361,3 +361,15 @@ def test_entropy_analysis_ranks_steps_by_the_chosen_score(tiny_dir, tmp_path, mo
         summary = json.loads((out / "results.json").read_text())
         assert summary["settings"]["score"] == score
         assert received[-1] == [c[score] for c in summary["per_chain"]]  # what the pruning ranked by
+
+
+def test_importance_figure_is_written(tmp_path):
+    from longshort.analysis.importance import ImportanceResult, ThoughtScore, plot_importance
+
+    def thought(i, accuracy):
+        return ThoughtScore(i, "plan", f"t{i}", 10 * (i + 1), int(4 * accuracy), 4, accuracy, 0.9, 0.9 * accuracy)
+
+    results = [ImportanceResult("a", "q", "1", 0.25, [thought(0, 0.5), thought(1, 1.0)]),
+               ImportanceResult("b", "q", "2", 0.0, [thought(0, 0.25)])]
+    path = plot_importance(results, tmp_path / "figs" / "importance.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from longshort.analysis import cli_common as common
-from longshort.analysis.pruning import KAPPAS, SCORES, STRATEGIES, Cell, answer_after_pruning, summarise
+from longshort.analysis.pruning import KAPPAS, SCORES, STRATEGIES, Cell, answer_after_pruning, plot_pruning, summarise
 from longshort.engines.base import SamplingParams
 from longshort.verify import Verifier
 
@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--sft needs --sft-kappa among --kappas and the 'low' strategy")
 
     from longshort.analysis.chains import generate_chains
-    from longshort.analysis.plots import plot_pruning
     from longshort.analysis.scoring import step_entropies, token_entropies
     from longshort.analysis.steps import StepSegmenter
 

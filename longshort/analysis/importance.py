@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from longshort.analysis import plots
 from longshort.analysis.chains import ChainFormat
 from longshort.engines.base import Engine, SamplingParams
 from longshort.verify import Verifier
@@ -118,6 +119,31 @@ async def _thoughts_from_model(args: argparse.Namespace, engine: Engine, fmt: Ch
     return records
 
 
+def plot_importance(results: Sequence[ImportanceResult], path: str | Path) -> Path:
+    """S_i and A_i against the thought index: one faint line per chain, the mean per index on top,
+    and the empty-thinking accuracy as a dashed reference (the paper's Fig. 3 shape)."""
+    plt = plots.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, attr, title in ((axes[0], "score", "joint score S_i = A_i * delta(y_i)"),
+                            (axes[1], "accuracy", "rollout accuracy A_i")):
+        by_index: dict[int, list[float]] = {}
+        for r in results:
+            values = [getattr(t, attr) for t in r.thoughts]
+            ax.plot(range(1, len(values) + 1), values, color="tab:blue", alpha=0.15, linewidth=1)
+            for i, v in enumerate(values, 1):
+                by_index.setdefault(i, []).append(v)
+        xs = sorted(by_index)
+        ax.plot(xs, [sum(by_index[x]) / len(by_index[x]) for x in xs], color="tab:blue", marker="o", linewidth=2,
+                label="mean over chains")
+        if results:
+            ax.axhline(sum(r.baseline for r in results) / len(results), color="black", linestyle="--",
+                       linewidth=1, label="no thinking (A_0)")
+        ax.set(title=title, xlabel="thought index i", ylim=(-0.02, 1.02))
+        ax.legend(loc="upper right", fontsize=8)
+    axes[0].set_ylabel("value")
+    return plots.save(fig, path)
+
+
 def main(argv: list[str] | None = None) -> None:
     from longshort.analysis import cli_common as common
 
@@ -139,7 +165,6 @@ def main(argv: list[str] | None = None) -> None:
     common.add_format_args(parser)
     args = parser.parse_args(argv)
 
-    from longshort.analysis.plots import plot_importance
 
     _, engine = common.load_engine(args)
     fmt = common.format_from_args(args)

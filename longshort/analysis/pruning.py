@@ -17,8 +17,10 @@ import asyncio
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
+from longshort.analysis import plots
 from longshort.analysis.chains import Chain, ChainFormat
 from longshort.analysis.steps import Step
 from longshort.engines.base import Engine, SamplingParams
@@ -142,3 +144,29 @@ def summarise(results: Sequence[PrunedAnswer]) -> list[Cell]:
         cells.append(Cell(strategy, kappa, sum(r.correct for r in rows) / len(rows), kept / len(rows),
                           1.0 - kept / full if full else 0.0, len(rows)))
     return cells
+
+
+STRATEGY_STYLE = {"low": ("lowest entropy first", "tab:green"), "random": ("random", "tab:gray"),
+                  "high": ("highest entropy first", "tab:red")}
+
+
+def plot_pruning(cells: Sequence[Cell], path: str | Path, title: str = "") -> Path:
+    """Accuracy and thinking-token reduction against the pruned fraction kappa, per strategy."""
+    plt = plots.pyplot()
+    fig, (acc_ax, red_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for strategy, (label, color) in STRATEGY_STYLE.items():
+        rows = sorted((c for c in cells if c.strategy == strategy), key=lambda c: c.kappa)
+        if not rows:
+            continue
+        kappas = [c.kappa for c in rows]
+        acc_ax.plot(kappas, [100 * c.accuracy for c in rows], marker="o", color=color, label=label)
+        red_ax.plot(kappas, [100 * c.reduction for c in rows], marker="o", color=color, label=label)
+    acc_ax.set(xlabel="fraction of steps pruned (kappa)", ylabel="accuracy (%)", title="answer after pruning")
+    red_ax.set(xlabel="fraction of steps pruned (kappa)", ylabel="thinking tokens removed (%)",
+               title="token reduction")
+    for ax in (acc_ax, red_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return plots.save(fig, path)
