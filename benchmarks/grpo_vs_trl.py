@@ -62,7 +62,7 @@ from longshort.config import load_config
 from longshort.data import Problem
 from longshort.models import load_model, tiny_model
 from longshort.rewards import register_reward
-from longshort.synthetic import synthetic_problems
+from longshort.data.synthetic import synthetic_problems
 from longshort.trainers.grpo import GRPOTrainer
 from longshort.trainers.policy import Policy
 from longshort.verify import Verifier

@@ -36,7 +36,7 @@ from agents import LongThoughtAgent, ShortThoughtAgent
 from longshort.engines import HFEngine, SamplingParams
 from longshort.models import load_model, tiny_model
 from longshort.rollout import RolloutRunner
-from longshort.synthetic import synthetic_problems
+from longshort.data.synthetic import synthetic_problems
 
 from forced_turns import ForcedTurnsEnv  # benchmarks/, beside this script
 

@@ -43,7 +43,7 @@ from longshort.algos import entropy_from_logits
 from longshort.config import load_config
 from longshort.memory import release_freed_memory
 from longshort.models import tiny_model
-from longshort.synthetic import synthetic_problems
+from longshort.data.synthetic import synthetic_problems
 from longshort.trainers.grpo import GRPOTrainer
 from longshort.trainers.policy import Policy
 

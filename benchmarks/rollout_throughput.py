@@ -31,7 +31,7 @@ from longshort.data import Problem
 from longshort.engines import HFEngine, SamplingParams
 from longshort.models import load_model, tiny_model
 from longshort.rollout import RolloutRunner
-from longshort.synthetic import synthetic_problems
+from longshort.data.synthetic import synthetic_problems
 
 SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 STOPS = ("</think>", "</answer>", "</rethink>")

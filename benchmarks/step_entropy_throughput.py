@@ -20,7 +20,7 @@ from longshort.analysis.chains import ChainFormat
 from longshort.analysis.scoring import stepwise_token_entropies, token_entropies
 from longshort.analysis.steps import StepSegmenter
 from longshort.models import load_model
-from longshort.synthetic import synthetic_problems
+from longshort.data.synthetic import synthetic_problems
 
 
 def build_chains(tokenizer, n_chains: int, n_steps: int):

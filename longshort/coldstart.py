@@ -248,7 +248,7 @@ def entropy_skip_coldstart(config: Config, problems: Sequence[Problem], out_dir:
 
     The paper prunes a model's own long chains; here the chain is the problem's gold solution, one
     step per paragraph, which is what a small model can learn from, or with ``sft.chains=long`` its
-    long chain with known redundancy (``longshort.longchains``; ``meta["kinds"]`` then says which
+    long chain with known redundancy (``longshort.data.longchains``; ``meta["kinds"]`` then says which
     pruned steps were truly redundant). Each agent's own starting model
     (with its ``add_tokens``, so ``[SKIP]`` is one token) scores every chain in one teacher-forced
     pass after the agent's prompt and ``<think>\n``; the ``floor(sft.skip_kappa x N)`` steps with the
@@ -265,7 +265,7 @@ def entropy_skip_coldstart(config: Config, problems: Sequence[Problem], out_dir:
     from longshort.rollout import build_agents
 
     if config.sft.chains == "long":
-        from longshort.longchains import long_chain
+        from longshort.data.longchains import long_chain
 
         written = [long_chain(p, redundancy=config.sft.redundancy, seed=config.seed) for p in problems
                    if any(s.strip() for s in p.meta.get("steps") or [])]
@@ -333,13 +333,13 @@ def load_coldstart(path: str | Path, role: str | None = None) -> list[dict]:
 
 @COLDSTART.register("longcot")
 def longcot_coldstart(config: Config, problems: Sequence[Problem], out_dir: Path) -> dict[str, Path]:
-    """A long-CoT model's SFT data: each problem's long chain with known redundancy (``longshort.longchains``,
+    """A long-CoT model's SFT data: each problem's long chain with known redundancy (``longshort.data.longchains``,
     ``sft.redundancy`` of its steps redundant) as one single-turn example per agent, in the R1 layout
     ``<think>\\n`` chain ``\\n</think>\\n\\n`` ``The final answer is $\\boxed{...}$.``; the analogue of
     distilling R1 into a small model. ``meta`` records each step's kind (``gold`` or redundant), so
     later analyses can score pruning against the truth."""
     from longshort.analysis.skip import sft_example
-    from longshort.longchains import long_chains
+    from longshort.data.longchains import long_chains
     from longshort.rollout import build_agents
 
     chains = long_chains(problems, redundancy=config.sft.redundancy, seed=config.seed)

@@ -208,11 +208,11 @@ class SFTConfig:
     coldstart: str = _f("long_short", "Cold-start builder (longshort.coldstart): long_short transcripts from gold steps, "
                         "synthesis: the paper's (a teacher's long chains, chunked, scored by Monte Carlo rollouts), "
                         "entropy_skip: gold chains with their lowest-entropy steps pruned to [SKIP], or longcot: "
-                        "one model's long chains with known redundancy (longshort.longchains).")
+                        "one model's long chains with known redundancy (longshort.data.longchains).")
     synthesis: SynthesisColdstartConfig = _f(SynthesisColdstartConfig(), "Settings of sft.coldstart=synthesis.")
     skip_kappa: float = _f(0.8, "entropy_skip: share of each chain's steps pruned (the lowest step entropy first).")
     chains: str = _f("gold", "entropy_skip: prune the gold solutions, or long chains with known redundancy "
-                     "(longshort.longchains; the longcot builder always uses those).", ("gold", "long"))
+                     "(longshort.data.longchains; the longcot builder always uses those).", ("gold", "long"))
     redundancy: float = _f(0.8, "Long chains (longcot, entropy_skip with chains=long): share of redundant steps.")
     examples: Optional[int] = _f(None, "Cold-start transcripts built from the training problems (None: one per problem).")
     lr: float = _f(1e-5, "Peak learning rate of cold-start SFT.")

@@ -15,8 +15,8 @@ def data_dir() -> Path | None:
 
 
 def packaged_data_dir() -> Path:
-    """The evaluation sets shipped inside the package (``longshort/eval_data``, same layout as a data dir)."""
-    return Path(__file__).resolve().parent / "eval_data"
+    """The evaluation sets shipped inside the package (``longshort/data/shipped``, same layout as a data dir)."""
+    return Path(__file__).resolve().parent / "data" / "shipped"
 
 
 def cache_dir() -> Path:

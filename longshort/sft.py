@@ -47,8 +47,8 @@ from safetensors.torch import load_file
 from agents.base import Agent, vocab_key
 from longshort.config import SFTConfig
 from longshort.episode import Turn
-from longshort.hf_cache import cache_kwarg, returned_cache
-from longshort.lr_schedule import cosine_schedule
+from longshort.engines.hf_cache import cache_kwarg, returned_cache
+from longshort.trainers.lr_schedule import cosine_schedule
 from longshort.memory import release_freed_memory
 from longshort.models import pick_dtype
 

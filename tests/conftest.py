@@ -1,5 +1,5 @@
 """Shared test set-up. The default run is hermetic: no ``$LONGSHORT_DATA_DIR`` from the caller, the
-Hugging Face Hub offline, and benchmarks read from the package's own copies (``longshort/eval_data``)
+Hugging Face Hub offline, and benchmarks read from the package's own copies (``longshort/data/shipped``)
 or from project-written fixtures (``tests/fixtures``). Only tests that use the ``shared_data`` fixture
 read ``../shared/data`` (the maintainers' local data copies, which a clone does not have); they skip
 without it and carry the ``needs_shared`` marker, so CI can run them on their own."""

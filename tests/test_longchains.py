@@ -5,9 +5,9 @@ import pytest
 
 from longshort.analysis.steps import StepSegmenter, segment_text
 from longshort.data import Problem
-from longshort.longchains import GOLD, KINDS, label_step, long_chain, long_chains, redundant_count
+from longshort.data.longchains import GOLD, KINDS, label_step, long_chain, long_chains, redundant_count
 from longshort.models import tiny_model
-from longshort.synthetic import synthetic_problems
+from longshort.data.synthetic import synthetic_problems
 from longshort.verify import Verifier
 
 GSM8K_STYLE = Problem("gsm8k-like-1", "Janet's ducks lay 16 eggs per day. She eats 3 and bakes with 4. She sells the "

@@ -1,6 +1,6 @@
 """Scoring pruning against known redundancy, and one pruning cell as an evaluation result.
 
-On chains whose redundant steps are known (``longshort.longchains``), a pruning rule can be judged by
+On chains whose redundant steps are known (``longshort.data.longchains``), a pruning rule can be judged by
 what it removed, not only by the accuracy that survives: ``precision`` is the share of the removed
 steps that were truly redundant, ``recall`` the share of the redundant steps that were removed. On a
 model's own chains the truth is the labeller's (``longchains.label_step``, which recognises the
@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 from longshort.evaluation.metrics import summarize
 from longshort.evaluation.records import Record
 from longshort.evaluation.results import Results
-from longshort.longchains import GOLD, label_step
+from longshort.data.longchains import GOLD, label_step
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     import time
 
     from longshort.analysis import cli_common as common
-    from longshort.longchains import DEFAULT_REDUNDANCY, long_chains
+    from longshort.data.longchains import DEFAULT_REDUNDANCY, long_chains
 
     parser = argparse.ArgumentParser(prog="python -m longshort.analysis.redundancy", description=(
         "Positive control of step entropy: a model scores written long chains with known redundancy "

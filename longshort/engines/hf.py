@@ -38,7 +38,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from longshort.engines.base import Generation, SamplingParams
 from longshort.engines.kv_reuse import KVEntry, KVStore, PrefixCache, shared_openings
-from longshort.hf_cache import cache_kwarg, returned_cache
+from longshort.engines.hf_cache import cache_kwarg, returned_cache
 from longshort.registry import ENGINES
 
 

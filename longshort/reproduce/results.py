@@ -73,7 +73,7 @@ def write_table(spec: TableSpec, layout) -> Path:
         notes.append("Pruning rows: the model's own chains with the chosen steps replaced by [SKIP], then the model "
                      "answers; Tok. = thinking tokens left (each [SKIP] one token). "
                      f"'{REDUNDANT_COLUMN}': share of the removed steps that were redundant (restating, rechecking, "
-                     "detours, summaries, hesitation), labelled by longshort.longchains.label_step.")
+                     "detours, summaries, hesitation), labelled by longshort.data.longchains.label_step.")
     notes += spec.notes
     if missing:
         notes.append("Not measured yet: " + ", ".join(missing) + ".")

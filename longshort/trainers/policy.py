@@ -52,8 +52,8 @@ from transformers.cache_utils import DynamicCache
 from longshort.algos import entropy_from_logits
 from longshort.config import TrainerConfig
 from longshort.episode import TrainingSample
-from longshort.hf_cache import cache_kwarg, returned_cache
-from longshort.lr_schedule import cosine_schedule
+from longshort.engines.hf_cache import cache_kwarg, returned_cache
+from longshort.trainers.lr_schedule import cosine_schedule
 
 LOGPROB_CHUNK = 512  # action positions whose logits exist at once: ~100 MiB fp32 per copy at a 49k vocabulary
 MIN_SHARED_PREFIX = 16  # shorter common prefixes are not worth a second forward call

@@ -16,10 +16,10 @@ deduplicate by prompt if an exact held-out guarantee matters.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
-if TYPE_CHECKING:
-    from longshort.data import Problem
+from longshort.data.problem import Problem
+
 
 SPLITS = ("train", "eval")
 
@@ -115,7 +115,6 @@ def _story(rng: random.Random) -> dict:
 
 
 def _problem(seed: int, index: int, min_steps: int, max_steps: int) -> Problem:
-    from longshort.data import Problem  # data.py re-exports this module's API, so import it late
 
     rng = random.Random(f"longshort-synthetic:{seed}:{index}")
     steps_wanted = rng.randint(min_steps, max_steps)

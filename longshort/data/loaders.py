@@ -27,16 +27,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 from longshort import paths
 from longshort.errors import UserError
 from longshort.registry import BENCHMARKS, UnknownNameError, did_you_mean
-from longshort.synthetic import SPLITS, split_seed, synthetic_problems
+from longshort.data.problem import Problem
+from longshort.data.synthetic import SPLITS, split_seed, synthetic_problems
 
 if TYPE_CHECKING:
     from longshort.config import DataSourceConfig
 
-__all__ = [
-    "BENCHMARKS", "BenchmarkSpec", "CHOICE_LETTERS", "DataError", "Fields", "Problem", "SPLITS",
-    "choice_prompt", "load_benchmark", "load_hub", "load_jsonl", "load_problems", "load_source", "row_to_problem",
-    "save_jsonl", "shuffle_choices", "source_kind", "split_gpqa_options", "split_seed", "synthetic_problems",
-]
 
 CHOICE_LETTERS = "ABCD"
 CHOICE_INSTRUCTION = "Answer with the letter of the correct option in \\boxed{}."
@@ -48,30 +44,6 @@ class DataError(UserError, ValueError):
 
 class HubLoadError(DataError):
     """``datasets.load_dataset`` failed (network, auth, no such dataset): the source, not a row."""
-
-
-@dataclass
-class Problem:
-    """One question with its gold answer.
-
-    ``prompt`` is the full text shown to the model (for multiple choice: stem, lettered options and
-    the instruction); ``answer`` is the gold answer (the option letter for multiple choice). ``meta``
-    holds what is known besides: source, kind ("math" | "choice"), solution, steps, difficulty,
-    choices, answer_text.
-    """
-
-    id: str
-    prompt: str
-    answer: str
-    meta: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Problem:
-        meta = copy.deepcopy(dict(data.get("meta") or {}))
-        return cls(id=str(data["id"]), prompt=data["prompt"], answer=str(data["answer"]), meta=meta)
 
 
 @dataclass(frozen=True)
@@ -407,7 +379,7 @@ def load_benchmark(name: str, *, data_dir: str | Path | None = None, limit: int 
     """A registered benchmark, from the first place that has it:
 
     1. ``data_dir`` (else ``$LONGSHORT_DATA_DIR``), when set and holding the set's file;
-    2. the package's own copy (``longshort/eval_data``: MATH500, AIME24/25, AMC23, GSM8K test), so
+    2. the package's own copy (``longshort/data/shipped``: MATH500, AIME24/25, AMC23, GSM8K test), so
        evaluation works offline after ``pip install``;
     3. a data dir that was set but lacks the file is an error naming the path (GPQA is never packaged);
     4. otherwise the Hugging Face Hub.

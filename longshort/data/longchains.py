@@ -35,10 +35,9 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-if TYPE_CHECKING:
-    from longshort.data import Problem
+from longshort.data.problem import Problem
 
 GOLD = "gold"
 REDUNDANT_KINDS = ("restate", "recheck", "detour", "summary", "hesitate")
