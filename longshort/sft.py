@@ -48,7 +48,7 @@ from agents.base import Agent, vocab_key
 from longshort.config import SFTConfig
 from longshort.episode import Turn
 from longshort.engines.hf_cache import cache_kwarg, returned_cache
-from longshort.trainers.lr_schedule import cosine_schedule
+from longshort.trainers.optim import adamw, cosine_schedule
 from longshort.memory import release_freed_memory
 from longshort.models import pick_dtype
 
@@ -261,7 +261,7 @@ def run_sft(model, tokenizer, agent: Agent, transcripts: Sequence[dict], config:
     model.float()
     per_epoch = steps_per_epoch(len(examples), config)
     total = per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    optimizer = adamw(model.parameters(), config.lr)
     scheduler = cosine_schedule(optimizer, total, config.warmup_ratio)  # the RL schedule: no step at lr 0
     key = _run_key(config, seed, agent.role, len(examples))
     step, rng_state = 0, None

@@ -23,7 +23,7 @@ from longshort.models import load_model, tiny_model
 from longshort.rewards import register_reward
 from longshort.trainers import GRPOTrainer
 from longshort.trainers.grpo import ResumeMismatch
-from longshort.trainers.lr_schedule import cosine_with_warmup
+from longshort.trainers.optim import cosine_with_warmup
 from longshort.trainers.schedule import ProblemStream, Schedule
 
 PROBLEMS = [Problem(f"p{i}", f"Say {i}.", "0") for i in range(6)]

@@ -171,3 +171,36 @@ def test_an_update_in_place_invalidates_the_cached_keys(tiny):
             p.add_(torch.randn_like(p) * 0.05)
     again = asyncio.run(answer(engine))
     assert again == asyncio.run(answer(HFEngine(model, tokenizer, kv_cache_budget=0)))
+
+
+def test_a_policy_step_invalidates_the_engines_cached_keys(tiny):
+    """The trainer's optimiser step (torch's fused AdamW writes without counting in-place versions) still
+    makes the engine drop keys and values computed with the old weights."""
+    from longshort.algos import ppo_clip_loss
+    from longshort.config import TrainerConfig
+    from longshort.episode import TrainingSample
+    from longshort.trainers.policy import MicroBatch, Policy
+
+    model, tokenizer = tiny
+    model = copy.deepcopy(model)
+    policy = Policy("long", model, tokenizer, TrainerConfig(lr=0.05), temperature=1.0, optimizer_steps=1)
+    assert policy.optimizer.defaults["fused"]
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=8)
+    prompts = [tokenizer("You are a careful solver of problems. " * 3 + q).input_ids for q in ("2+2?", "3+5?")]
+
+    async def answer(engine):
+        return [g.token_ids for g in await asyncio.gather(*(engine.generate(p, greedy) for p in prompts))]
+
+    engine = HFEngine(model, tokenizer)
+    first = asyncio.run(answer(engine))
+    assert len(engine.openings) == 1
+    ids = prompts[0] + first[0]
+    sample = TrainingSample("long", ids, [0] * len(prompts[0]) + [1] * len(first[0]), [-1.0] * len(ids), advantage=1.0)
+    batch = MicroBatch.collate([sample], policy.pad_id, policy.device)
+    policy.train_mode()
+    logprobs, _ = policy.logprobs(batch)
+    ppo_clip_loss(logprobs, batch.old_logprobs, batch.advantages, batch.action_mask, clip_eps=0.2,
+                  normalizer=float(batch.action_mask.sum())).loss.backward()
+    policy.step()
+    policy.eval_mode()
+    assert asyncio.run(answer(engine)) == asyncio.run(answer(HFEngine(model, tokenizer, kv_cache_budget=0)))

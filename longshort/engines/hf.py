@@ -452,7 +452,9 @@ def _device_lock(device: torch.device) -> threading.Lock:
 
 def _weights_version(model) -> int:
     """A number that changes whenever any parameter is modified in place (optimiser steps, copies of
-    master weights, checkpoint loads): torch counts in-place writes per tensor."""
+    master weights, checkpoint loads): torch counts in-place writes per tensor. A kernel that writes
+    without counting (torch's fused AdamW) must be followed by ``torch.autograd.graph.increment_version``
+    on the parameters, as ``Policy`` does after every step."""
     return sum(p._version for p in model.parameters())
 
 

@@ -46,6 +46,7 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
+from torch.autograd.graph import increment_version
 from torch.utils.checkpoint import checkpoint
 from transformers.cache_utils import DynamicCache
 
@@ -53,7 +54,7 @@ from longshort.algos import entropy_from_logits
 from longshort.config import TrainerConfig
 from longshort.episode import TrainingSample
 from longshort.engines.hf_cache import cache_kwarg, returned_cache
-from longshort.trainers.lr_schedule import cosine_schedule
+from longshort.trainers.optim import adamw, cosine_schedule
 
 LOGPROB_CHUNK = 512  # action positions whose logits exist at once: ~100 MiB fp32 per copy at a 49k vocabulary
 MIN_SHARED_PREFIX = 16  # shorter common prefixes are not worth a second forward call
@@ -132,7 +133,7 @@ class Policy:
         mixed = any(p.dtype != torch.float32 for p in self.params)
         self.master = ([p.detach().float().clone().requires_grad_(True) for p in self.params] if mixed
                        else self.params)
-        self.optimizer = torch.optim.AdamW(self.master, lr=config.lr, weight_decay=0.0)
+        self.optimizer = adamw(self.master, config.lr)
         self.scheduler = cosine_schedule(self.optimizer, optimizer_steps, config.warmup_ratio)
 
     # ------------------------------------------------------------------ forward
@@ -235,7 +236,11 @@ class Policy:
         return self.optimizer.param_groups[0]["lr"]
 
     def _write_back(self) -> None:
+        """Make the model's parameters the new master weights, and say so to whoever caches results of the
+        old ones: the engine keeps keys and values (shared openings) until a parameter's in-place
+        version counter moves, and torch's fused AdamW kernel writes without moving it."""
         if self.master is self.params:
+            increment_version(self.params)
             return
         with torch.no_grad():
             for p, m in zip(self.params, self.master):

@@ -1,8 +1,12 @@
-"""The learning-rate schedule of every trainer (cold-start SFT and RL): linear warm-up, then cosine to 0.
+"""The optimiser and learning-rate schedule of every embedded trainer (cold-start SFT and RL), so they agree.
 
-One helper for both so that they agree. Unlike HF's ``get_cosine_schedule_with_warmup``, the warm-up
-starts at ``1/warmup`` rather than 0: HF's first optimiser step runs at learning rate 0 (a no-op that
-still costs a full forward and backward), and a tiny run has few steps to spare.
+AdamW without weight decay, fused on CPU and CUDA (torch's fused kernel: one pass per parameter
+instead of ``foreach``'s lists of temporaries). ``benchmarks/adamw_step.py`` on this CPU, SmolLM2-135M's
+parameter count in fp32: 6x faster per step and no temporary memory (``foreach`` adds 0.5 GiB).
+
+The schedule: linear warm-up, then cosine to 0. Unlike HF's ``get_cosine_schedule_with_warmup``, the
+warm-up starts at ``1/warmup`` rather than 0: HF's first optimiser step runs at learning rate 0 (a
+no-op that still costs a full forward and backward), and a tiny run has few steps to spare.
 """
 from __future__ import annotations
 
@@ -11,6 +15,18 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+
+
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def adamw(params, lr: float) -> "torch.optim.AdamW":
+    """AdamW (no weight decay), fused when the parameters' device has the kernel."""
+    import torch
+
+    params = list(params)
+    fused = all(p.device.type in FUSED_DEVICES for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused or None)
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
