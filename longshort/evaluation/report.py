@@ -106,6 +106,9 @@ def footnotes(rows: Sequence[Row], names: Sequence[str]) -> list[str]:
 # -------------------------------------------------------------------------------------------- plot
 
 
+INLINE_LABELS = 4  # systems whose points get a text label beside them; beyond that only the legend names them
+
+
 def plot(rows: Sequence[Row], names: Sequence[str], path: str | Path) -> Path:
     """Accuracy vs mean tokens, one panel per set (+ the average), one labelled point per system."""
     import matplotlib
@@ -138,26 +141,26 @@ def plot(rows: Sequence[Row], names: Sequence[str], path: str | Path) -> Path:
                        label=row.system, zorder=3, clip_on=False)  # a point at 0% stays whole
             if error:  # one standard error of the accuracy over items
                 ax.errorbar([tokens], [accuracy], yerr=[error], color=colour, capsize=3, linewidth=1, zorder=2)
-            ax.annotate(f"{row.system}\n{accuracy:.1f}%, {tokens:.0f} tok", (tokens, accuracy), fontsize=7,
-                        textcoords="offset points", xytext=(5, 4), color=colour)
+            if len(rows) <= INLINE_LABELS:  # more labels than that overlap; the legend names the points
+                ax.annotate(f"{row.system}\n{accuracy:.1f}%, {tokens:.0f} tok", (tokens, accuracy), fontsize=7,
+                            textcoords="offset points", xytext=(5, 4), color=colour)
         ax.set_title(panel)
         ax.set_xlabel("mean generated tokens per episode")
         ax.set_ylabel("accuracy (%)")
         top += max([e for e in errors if e] + [0.0])
         ax.set_ylim(0, min(100.0, top * 1.25 + 5))
-        ax.set_xlim(0, right * 1.6 if right > 0 else 1.0)  # room on the right for the point labels
+        ax.set_xlim(0, right * (1.6 if len(rows) <= INLINE_LABELS else 1.15) if right > 0 else 1.0)  # room for labels
         ax.grid(alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
         legend.update(zip(labels, handles))  # one entry per system across panels
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    legend_rows = math.ceil(len(legend) / 3)
-    if legend:
-        figure.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(3, len(legend)),
+    figure.tight_layout()
+    if legend:  # beside the panels, one system a line; bbox_inches="tight" widens the image to hold it
+        figure.legend(list(legend.values()), list(legend), loc="center left", bbox_to_anchor=(1.0, 0.5),
                       fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.02 + 0.04 * legend_rows, 1, 1))
     path = Path(path)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return path
 
