@@ -49,7 +49,7 @@ class EngineStats:
     batches: int = 0
     requests: int = 0
     prompt_tokens: int = 0
-    prefill_tokens: int = 0  # prompt tokens run through the model (the rest came from a session's cache)
+    prefill_tokens: int = 0  # prompt tokens run through the model, openings encoded included (the rest: cached)
     reused_tokens: int = 0  # prompt tokens whose keys and values a cache supplied (a session's or a shared opening)
     opening_tokens: int = 0  # of those, from shared openings
     openings_encoded: int = 0  # tokens run (as batches of one) to encode shared openings; part of prefill_tokens
