@@ -101,13 +101,28 @@ def guarded(body: Callable[[], int], invocation: Invocation) -> int:
         return 2
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a message comes.
+
+    A plain ``StreamHandler(sys.stderr)`` keeps the stream of the moment it was made; once a notebook
+    cell or a test's capture replaces and closes that stream, every later message fails."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def show_progress_messages() -> None:
     """Send longshort's own INFO messages (resumed checkpoints, skipped data rows) to stderr, once.
 
     Only the ``longshort`` logger: third-party libraries keep their own levels."""
     log = logging.getLogger("longshort")
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

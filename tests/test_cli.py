@@ -83,3 +83,22 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     monkeypatch.setitem(train.STAGE_FUNCTIONS, "data", broken)
     with pytest.raises(ZeroDivisionError):
         main(["recipe=tiny", f"output_dir={tmp_path}", "stages=[data]"])
+
+
+def test_progress_messages_follow_stderr_when_it_is_replaced(monkeypatch):
+    """A notebook or a test capture swaps sys.stderr and closes the old one; messages must follow."""
+    import io
+    import logging
+
+    from longshort.cli import show_progress_messages
+
+    log = logging.getLogger("longshort")
+    monkeypatch.setattr(log, "handlers", [])
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    show_progress_messages()
+    log.info("resumed from step 2")
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    log.info("skipped 1 malformed row")
+    assert second.getvalue() == "skipped 1 malformed row\n"

@@ -8,6 +8,7 @@ which wandb itself has no public reader for), so the test sees what ``wandb sync
 from __future__ import annotations
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -85,7 +86,8 @@ def test_offline_wandb_run_holds_the_metrics_and_episode_tables(tmp_path, wandb_
 
     runs = sorted((out / "wandb").glob("offline-run-*"))
     run_id = (out / "wandb_run_id").read_text().strip()
-    assert len(runs) == 2 and all(run.name.endswith(run_id) for run in runs)  # the resumed run continues it
+    # the resumed run continues the first (wandb adds "-1" to the folder when both start in the same second)
+    assert len(runs) == 2 and all(re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", run.name) for run in runs)
     history = wandb_history(runs[0]) + wandb_history(runs[1])
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["_step"] for row in history] == [1, 2, 3]
