@@ -252,7 +252,8 @@ def entropy_skip_coldstart(config: Config, problems: Sequence[Problem], out_dir:
     pruned steps were truly redundant). Each agent's own starting model
     (with its ``add_tokens``, so ``[SKIP]`` is one token) scores every chain in one teacher-forced
     pass after the agent's prompt and ``<think>\n``; the ``floor(sft.skip_kappa x N)`` steps with the
-    lowest mean token entropy become ``rewards.skip.placeholder``. The target is the paper's shape,
+    lowest step score (``sft.skip_score``: the paper's mean token entropy unless set) become
+    ``rewards.skip.placeholder``. The target is the paper's shape,
     ``<think>\n`` + compressed chain + ``\n</think>\n\n`` + the answer in ``\boxed{}``; examples
     that fail the agent's format check are left out. ``meta`` keeps each step's entropy and the
     pruned indices, for inspection.
@@ -291,13 +292,13 @@ def entropy_skip_coldstart(config: Config, problems: Sequence[Problem], out_dir:
         entropies = token_entropies(model, sequences)
         records = []
         for (problem, _), chain_steps, entropy in zip(chains, steps, entropies):
-            scores = step_entropies(entropy, chain_steps).mean
+            scores = step_entropies(entropy, chain_steps).ranking(config.sft.skip_score)
             pruned = select_steps(scores, config.sft.skip_kappa, "low")
             thinking = prune_text([s.text for s in chain_steps], pruned, config.rewards.skip.placeholder)
             record = sft_example(problem.id, problem.prompt, problem.answer, thinking,
                                  f"The answer is \\boxed{{{problem.answer}}}.", role)
             if agents[role].check_format(record["turns"][0]["text"], "stop").ok:
-                meta = {"step_entropy": scores, "pruned": pruned}
+                meta = {"step_entropy": scores, "score": config.sft.skip_score, "pruned": pruned}
                 if problem.id in kinds:
                     meta["kinds"] = kinds[problem.id]
                 records.append({**record, "meta": meta})

@@ -211,6 +211,9 @@ class SFTConfig:
                         "one model's long chains with known redundancy (longshort.data.longchains).")
     synthesis: SynthesisColdstartConfig = _f(SynthesisColdstartConfig(), "Settings of sft.coldstart=synthesis.")
     skip_kappa: float = _f(0.8, "entropy_skip: share of each chain's steps pruned (the lowest step entropy first).")
+    skip_score: str = _f("mean", "entropy_skip: the step score ranked for pruning (analysis.scoring.StepEntropy): mean "
+                         "(the paper's length-normalised step entropy), sum (its v1) or body (the mean after each "
+                         "step's opener words).", ("mean", "sum", "body"))
     chains: str = _f("gold", "entropy_skip: prune the gold solutions, or long chains with known redundancy "
                      "(longshort.data.longchains; the longcot builder always uses those).", ("gold", "long"))
     redundancy: float = _f(0.8, "Long chains (longcot, entropy_skip with chains=long): share of redundant steps.")

@@ -19,7 +19,7 @@ from longshort.analysis.chunking import (Block, LLMChunker, RuleChunker, blocks_
                                          parse_blocks, thoughts_from_blocks, validate_blocks)
 from longshort.analysis.importance import decay, score_thoughts
 from longshort.analysis.lenient_json import loads
-from longshort.analysis.pruning import (SKIP, answer_after_pruning, prune_count, prune_text, select_steps,
+from longshort.analysis.pruning import (SCORES, SKIP, answer_after_pruning, prune_count, prune_text, select_steps,
                                         summarise)
 from longshort.analysis.scoring import OPENER_TOKENS, entropy_bits, step_entropies, stepwise_token_entropies, token_entropies
 from longshort.analysis.skip import sft_examples
@@ -291,6 +291,41 @@ def test_sft_examples_from_pruned_answers():
     assert example["turns"] == [{"role": "single",
                                  "text": "<think>\n[SKIP]So 5\n</think>\n\nThe final answer is $\\boxed{5}$"}]
     assert example["question"] == "Q?" and example["answer"] == "5"
+
+
+@pytest.mark.parametrize("score", ["mean", "sum"])
+def test_entropy_skip_coldstart_prunes_the_lowest_steps_of_the_chosen_score(tmp_path, score):
+    """sft.skip_score picks what the [SKIP] cold start ranks; each record says which, with its scores."""
+    from longshort.coldstart import entropy_skip_coldstart
+    from longshort.config import SFTConfig, load_config
+    from longshort.data import synthetic_problems
+
+    model, tok = tiny_model(seed=0)
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    config = load_config("skip_longcot_tiny", [f"agents.single.model.name_or_path={tmp_path / 'model'}",
+                                               "agents.single.model.dtype=fp32", f"sft.skip_score={score}"])
+    problems = synthetic_problems(6, seed=0)
+    [path] = entropy_skip_coldstart(config, problems, tmp_path / "coldstart").values()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert records and all(r["meta"]["score"] == score for r in records)
+    for record in records:
+        scores, pruned = record["meta"]["step_entropy"], record["meta"]["pruned"]
+        assert pruned == select_steps(scores, 0.8, "low") and len(pruned) == prune_count(0.8, len(scores))
+        assert record["turns"][0]["text"].count(SKIP) == len(pruned)
+    if score == "sum":  # a step's summed entropy is its mean times its token count: never below the mean
+        mean = _coldstart_scores(config, problems, tmp_path, "mean")
+        assert all(s >= m - 1e-6 for r in records for s, m in zip(r["meta"]["step_entropy"], mean[r["id"]]))
+        assert any(r["meta"]["step_entropy"] != mean[r["id"]] for r in records)
+    assert set(SFTConfig.__dataclass_fields__["skip_score"].metadata["choices"]) == set(SCORES)
+
+
+def _coldstart_scores(config, problems, tmp_path, score: str) -> dict[str, list[float]]:
+    from longshort.coldstart import entropy_skip_coldstart
+
+    config.sft.skip_score = score
+    [path] = entropy_skip_coldstart(config, problems, tmp_path / score).values()
+    return {r["id"]: r["meta"]["step_entropy"] for r in map(json.loads, path.read_text().splitlines())}
 
 
 # --------------------------------------------------------------------------- importance, synthesis

@@ -140,7 +140,6 @@ class StepEntropy:
         return {"mean": self.mean, "sum": self.total, "body": self.body}[score]
 
 
-
 def step_entropies(token_entropy: torch.Tensor, steps: Sequence[Step]) -> StepEntropy:
     """Aggregate token entropies over each step's content tokens (``Step.scored``)."""
     means, totals, bodies = [], [], []
