@@ -38,7 +38,8 @@ def toy_tiny_spec(tiny_dir: Path, out: Path) -> Path:
     # A random model's rollouts never reach the gold answer, so the synthesis builder would keep no
     # transcript; the toy table cold-starts the pair from gold steps instead (synthesis has its own test).
     runs["longshort"]["overrides"] += [*toy, *_agents(tiny_dir, ("long", "short")), "sft.coldstart=long_short"]
-    runs["skip"]["overrides"] += [*toy, *_agents(tiny_dir, ("single",), "{runs.longcot}/sft/single/final")]
+    for name in ("skip", "skip_body"):
+        runs[name]["overrides"] += [*toy, *_agents(tiny_dir, ("single",), "{runs.longcot}/sft/single/final")]
     args = spec["analyses"]["step_entropy"]["args"]
     for flag, value in (("--limit", "4"), ("--chain-tokens", "12"), ("--answer-tokens", "4")):
         args[args.index(flag) + 1] = value
@@ -73,7 +74,7 @@ def test_the_tiny_table_runs_end_to_end_resumes_without_redoing_rows_and_writes_
         return reproduce.execute(command, layout)
 
     table = reproduce.run_table(spec, tmp_path / "table", runner=counting)
-    assert again == ["train_skip", "analysis_step_entropy"]  # finished rows are not redone
+    assert again == ["train_skip", "train_skip_body", "analysis_step_entropy"]  # finished rows are not redone
     assert (finished.stat().st_mtime_ns, skip_weights.stat().st_mtime_ns) == stamps  # nor the skip run's stages
     text = table.read_text()
     for row in spec.rows:
@@ -85,7 +86,7 @@ def test_the_tiny_table_runs_end_to_end_resumes_without_redoing_rows_and_writes_
     assert set(pruned) == {r.label for r in spec.rows if r.analysis}
     assert all(0 <= r["removed_redundant"] <= r["removed"] for r in pruned.values())
     assert set(json.loads((tmp_path / "table" / "timings.json").read_text())) == {
-        "train_longcot", "train_longshort", "train_skip", "analysis_step_entropy"}
+        "train_longcot", "train_longshort", "train_skip", "train_skip_body", "analysis_step_entropy"}
     assert reproduce.main([f"table={path}"]) == 0  # everything done: only the table is written again
     runs = tmp_path / "table" / "runs"
     longcot = [json.loads(line) for line in (runs / "longcot" / "sft" / "coldstart" / "single.jsonl").open()]
