@@ -436,3 +436,63 @@ def test_remote_engine_refuses_servers_without_token_ids_and_reports_http_errors
         with pytest.raises(RuntimeError, match="HTTP 400.*too many tokens"):
             asyncio.run(engine.generate([1, 2, 3], SamplingParams(max_new_tokens=999)))
         engine.close()
+
+
+# ------------------------------------------------------------------------------ decode attention
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_decode_attention_equals_sdpa_with_grouped_heads(masked):
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from longshort.engines.decode_attention import decode_attention
+
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(3, 6, 1, 8, generator=generator)  # 6 query heads over 2 key/value heads
+    key, value = torch.randn(2, 3, 2, 11, 8, generator=generator)
+    mask = None
+    if masked:  # left padding: row 0 hides 4 positions, row 2 one
+        mask = torch.ones(3, 1, 1, 11, dtype=torch.bool)
+        mask[0, ..., :4] = False
+        mask[2, ..., :1] = False
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True)
+    with torch.no_grad():
+        ours, _ = decode_attention(module, query, key, value, mask, scaling=0.3)
+        reference, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    assert ours.shape == reference.shape == (3, 1, 6, 8)
+    assert torch.allclose(ours, reference, atol=1e-6)
+
+
+def test_engine_decodes_with_its_attention_on_cpu_and_samples_as_with_sdpa(tiny, prompts, monkeypatch):
+    """Same seeds, same tokens and log-probs as SDPA; training forwards still run SDPA's function."""
+    from longshort.engines import decode_attention
+
+    model, tokenizer = tiny
+    sampling = SamplingParams(temperature=0.8, max_new_tokens=16)
+    assert model.config._attn_implementation in ("sdpa", decode_attention.NAME)
+    model.set_attn_implementation("sdpa")
+    with monkeypatch.context() as patch:
+        patch.setattr(hf, "use_for_decoding", lambda model: False)
+        plain = run_all(HFEngine(model, tokenizer, seed=3), prompts, sampling)
+    assert model.config._attn_implementation == "sdpa"
+    ours = run_all(HFEngine(model, tokenizer, seed=3), prompts, sampling)
+    assert model.config._attn_implementation == decode_attention.NAME
+    for a, b in zip(plain, ours, strict=True):
+        assert a.token_ids == b.token_ids
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+    calls, real = [], decode_attention.sdpa_attention_forward
+    monkeypatch.setattr(decode_attention, "sdpa_attention_forward",
+                        lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    model(torch.tensor([prompts[1]])).logits.sum().backward()  # a training forward: SDPA in every layer
+    model.zero_grad()
+    assert len(calls) == model.config.num_hidden_layers
+
+
+def test_decode_attention_leaves_other_attentions_alone():
+    from longshort.engines.decode_attention import use_for_decoding
+
+    model, _ = tiny_model(seed=1)
+    model.set_attn_implementation("eager")
+    assert not use_for_decoding(model) and model.config._attn_implementation == "eager"

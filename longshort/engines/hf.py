@@ -25,6 +25,9 @@ Shared openings: rows with no session cache (an agent's first turn) still share 
 with each other, the agent's system prompt. The engine encodes such an opening once, as a batch of
 one, keeps it (``kv_reuse.PrefixCache``) and places it in those rows' cache the same way, so a first
 turn prefills only its question. With ``kv_cache_budget=0`` nothing is reused of either kind.
+
+On CPU a decode step's attention is computed by ``decode_attention`` (two small matmuls) instead of
+SDPA's flash kernel, which is built for long queries; prefill and training keep SDPA.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from longshort.engines.base import Generation, SamplingParams
+from longshort.engines.decode_attention import use_for_decoding
 from longshort.engines.kv_reuse import KVEntry, KVStore, PrefixCache, shared_openings
 from longshort.engines.hf_cache import cache_kwarg, returned_cache
 from longshort.registry import ENGINES
@@ -149,6 +153,7 @@ class HFEngine:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if self.device != next(model.parameters()).device:
             self.model.to(self.device)
+        use_for_decoding(self.model)
         self.generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = next((i for i in (tokenizer.pad_token_id, *sorted(self.eos_ids)) if i is not None), 0)
