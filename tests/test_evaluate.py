@@ -285,6 +285,14 @@ def test_table_and_plot(tmp_path):
     assert Results.load(tmp_path / "out").sets["math500"].to_dict() == ours.sets["math500"].to_dict()
 
 
+def test_every_system_of_a_long_table_gets_its_own_point_style():
+    """table=tiny has 12 rows and matplotlib cycles 10 colours: rows 1 and 11 must not look alike."""
+    from longshort.evaluation.report import point_styles
+
+    styles = point_styles(12, [f"C{i}" for i in range(10)])
+    assert len(set(styles)) == 12 and styles[0] == ("C0", "o") and styles[10] == ("C0", "s")
+
+
 # --------------------------------------------------------------------------------------------- vLLM
 
 

@@ -107,6 +107,12 @@ def footnotes(rows: Sequence[Row], names: Sequence[str]) -> list[str]:
 
 
 INLINE_LABELS = 4  # systems whose points get a text label beside them; beyond that only the legend names them
+MARKERS = ("o", "s", "^", "D", "v", "P")  # a new shape each time the colour cycle starts over
+
+
+def point_styles(count: int, colours: Sequence[str]) -> list[tuple[str, str]]:
+    """(colour, marker) of each of ``count`` systems, all different while colours x markers last."""
+    return [(colours[i % len(colours)], MARKERS[(i // len(colours)) % len(MARKERS)]) for i in range(count)]
 
 
 def plot(rows: Sequence[Row], names: Sequence[str], path: str | Path) -> Path:
@@ -122,13 +128,13 @@ def plot(rows: Sequence[Row], names: Sequence[str], path: str | Path) -> Path:
     columns = min(3, len(panels))
     figure, axes = plt.subplots(math.ceil(len(panels) / columns), columns, squeeze=False,
                                 figsize=(4.4 * columns, 3.6 * math.ceil(len(panels) / columns)))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = point_styles(len(rows), plt.rcParams["axes.prop_cycle"].by_key()["color"])
     legend: dict[str, object] = {}
     for ax, (panel, cells, errors) in zip(axes.flat, panels):
         top = max([a for a, _ in cells if a is not None] + [0.0])
         right = max([t for a, t in cells if a is not None and t is not None] + [0.0])
         for index, (row, (accuracy, tokens), error) in enumerate(zip(rows, cells, errors)):
-            colour = colours[index % len(colours)]
+            colour, marker = styles[index]
             if accuracy is None:
                 continue
             if tokens is None:
@@ -137,7 +143,7 @@ def plot(rows: Sequence[Row], names: Sequence[str], path: str | Path) -> Path:
                             xycoords=("axes fraction", "data"), textcoords="offset points", xytext=(0, 3),
                             fontsize=7, color=colour)
                 continue
-            ax.scatter([tokens], [accuracy], color=colour, marker="*" if row.published else "o", s=60,
+            ax.scatter([tokens], [accuracy], color=colour, marker="*" if row.published else marker, s=60,
                        label=row.system, zorder=3, clip_on=False)  # a point at 0% stays whole
             if error:  # one standard error of the accuracy over items
                 ax.errorbar([tokens], [accuracy], yerr=[error], color=colour, capsize=3, linewidth=1, zorder=2)
