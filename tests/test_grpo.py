@@ -321,6 +321,31 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_ends_identically(tmp_
         assert a["train/solo/policy_loss"] == b["train/solo/policy_loss"]
 
 
+def test_a_full_disk_while_saving_keeps_the_last_checkpoint_and_says_how_to_resume(tmp_path, monkeypatch):
+    import errno
+
+    from longshort.errors import UserError
+    from longshort.trainers.policy import Policy
+
+    trainer = trainer_for(make_config(steps=3, save_every=1), tmp_path)
+    real_save, saves = Policy.save, []
+
+    def disk_fills_at_the_second_save(policy, directory):
+        saves.append(directory)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(policy, directory)
+
+    monkeypatch.setattr(Policy, "save", disk_fills_at_the_second_save)
+    with pytest.raises(UserError, match="step-2 checkpoint") as err:
+        trainer.train()
+    message = str(err.value)
+    assert "No space left on device" in message and "resumes from step_0001" in message and "\n" not in message
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_0001"]  # no half-written folder
+    monkeypatch.setattr(Policy, "save", real_save)
+    assert trainer_for(make_config(steps=3, save_every=1), tmp_path).resume() == 1
+
+
 def test_a_finished_run_started_again_does_nothing(tmp_path):
     config = make_config(steps=2)
     first = trainer_for(config, tmp_path).train()

@@ -46,6 +46,7 @@ from longshort.algos import ADVANTAGE_ESTIMATORS, compute_advantages, masked_sum
 from longshort.config import Config, ConfigError
 from longshort.data import Problem
 from longshort.engines.hf import HFEngine
+from longshort.errors import UserError
 from longshort.episode import Episode, TrainingSample, save_episodes
 from longshort.memory import release_freed_memory
 from longshort.models import load_configured, model_key
@@ -62,6 +63,13 @@ logger = logging.getLogger(__name__)
 # seed, agents, env, rollout, verify, rewards and trainer must match the checkpoint's.
 RESUMABLE_CHANGES = ("trainer.save_every", "trainer.log_every", "rollout.max_batch_size")
 RUN_SECTIONS = ("seed", "agents", "env", "rollout", "verify", "rewards", "trainer")
+
+
+LOW_DISK = 2**30  # bytes free below which a failed checkpoint write is reported as the disk being full
+
+
+class CheckpointWriteError(UserError, OSError):
+    """A checkpoint could not be written (usually a full disk); the previous one is kept."""
 
 
 class ResumeMismatch(ConfigError):
@@ -277,17 +285,30 @@ class GRPOTrainer:
         tmp = self.checkpoint_root / f".tmp_step_{step:04d}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for role, policy in self.policies.items():
-            policy.save(tmp / role)
         state = {"step": step, "data_cursor": self.stream.cursor,
                  "trained_next": list(self.schedule.trained(step)) if step < self.config.trainer.steps else [],
                  "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                  "engine_rng": {role: engine.generator.get_state() for role, engine in self.engines.items()},
                  "run_key": json.dumps(self.run_key, sort_keys=True)}
-        torch.save(state, tmp / "trainer_state.pt")
-        (tmp / "state.json").write_text(json.dumps(
-            {key: state[key] for key in ("step", "data_cursor", "trained_next")}) + "\n")
+        try:
+            for role, policy in self.policies.items():
+                policy.save(tmp / role)
+            torch.save(state, tmp / "trainer_state.pt")
+            (tmp / "state.json").write_text(json.dumps(
+                {key: state[key] for key in ("step", "data_cursor", "trained_next")}) + "\n")
+        except (OSError, RuntimeError) as err:  # torch reports a short write as RuntimeError
+            shutil.rmtree(tmp, ignore_errors=True)
+            free = shutil.disk_usage(self.checkpoint_root).free
+            if isinstance(err, RuntimeError) and free > LOW_DISK:
+                raise
+            previous = self.latest_checkpoint()
+            size = f"; a checkpoint of these agents takes {_size(previous) / 2**30:.1f} GiB" if previous else ""
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise CheckpointWriteError(
+                f"could not write the step-{step} checkpoint under {self.checkpoint_root} ({reason}); "
+                f"{free / 2**30:.1f} GiB free on that disk{size}. Free some space and run the same command "
+                f"again: it resumes from {previous.name if previous else 'the start of RL'}") from err
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in self.checkpoint_root.glob("step_*"):
@@ -353,3 +374,7 @@ def _own_models(config: Config, given: dict[str, ModelPair]) -> dict[str, ModelP
         claimed[id(model)] = claimed.get(id(model), False) or spec.trainable
         held[role] = (model, tokenizer)
     return held
+
+
+def _size(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
