@@ -12,6 +12,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -45,11 +46,12 @@ class Chromium:
             raise BrowserError("no chromium on PATH: install Debian's package (apt-get install chromium) or set "
                                "$CHROMIUM to a Chromium binary")
         self.timeout = timeout
-        self._profile = tempfile.TemporaryDirectory(prefix="longshort-chromium-")
+        self._profile = tempfile.TemporaryDirectory(prefix="longshort-chromium-", ignore_cleanup_errors=True)
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
 
         def wire_pipes() -> None:  # in the child: the protocol's fixed descriptors 3 (commands) and 4 (replies)
+            os.setpgid(0, 0)  # its own process group, so close() can end the renderer and helper processes too
             a, b = os.dup(to_child_r), os.dup(from_child_w)
             os.dup2(a, 3)
             os.dup2(b, 4)
@@ -84,13 +86,25 @@ class Chromium:
                 os.close(fd)
             except OSError:
                 pass
-        self._process.terminate()
+        self._signal_group(signal.SIGTERM)
         try:
             self._process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+            pass
+        self._signal_group(signal.SIGKILL)  # helpers that outlive the browser would keep writing its profile
+        self._process.wait()
+        for _ in range(50):  # a helper may still be exiting: its last writes land while the folder is removed
+            shutil.rmtree(self._profile.name, ignore_errors=True)
+            if not os.path.exists(self._profile.name):
+                break
+            time.sleep(0.1)
         self._profile.cleanup()
+
+    def _signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self._process.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     # ------------------------------------------------------------------ the protocol
     def send(self, method: str, params: dict | None = None, *, session: bool = False) -> dict:
