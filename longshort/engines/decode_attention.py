@@ -28,7 +28,8 @@ def decode_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
                      is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """``query [B, H, q, D]``, ``key``/``value [B, Hkv, past, D]`` -> ``[B, q, H, D]`` (transformers' layout)."""
     batch, heads, queries, dim = query.shape
-    if queries != 1 or torch.is_grad_enabled() or kwargs.get("position_bias") is not None:
+    extras = any(kwargs.get(name) is not None for name in ("position_bias", "softcap", "s_aux"))
+    if queries != 1 or torch.is_grad_enabled() or extras:  # SDPA handles (or refuses) what this does not
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     kv_heads = key.shape[1]
