@@ -203,6 +203,9 @@ class SynthesisColdstartConfig:
     gpu_memory_utilization: float = _f(0.9, "vllm engine: fraction of GPU memory the teacher may take.")
 
 
+STEP_SCORES = ("mean", "sum", "body")  # what analysis.scoring.StepEntropy.ranking can rank steps by
+
+
 @dataclass
 class SFTConfig:
     coldstart: str = _f("long_short", "Cold-start builder (longshort.coldstart): long_short transcripts from gold steps, "
@@ -213,7 +216,7 @@ class SFTConfig:
     skip_kappa: float = _f(0.8, "entropy_skip: share of each chain's steps pruned (the lowest step entropy first).")
     skip_score: str = _f("mean", "entropy_skip: the step score ranked for pruning (analysis.scoring.StepEntropy): mean "
                          "(the paper's length-normalised step entropy), sum (its v1) or body (the mean after each "
-                         "step's opener words).", ("mean", "sum", "body"))
+                         "step's opener words).", STEP_SCORES)
     chains: str = _f("gold", "entropy_skip: prune the gold solutions, or long chains with known redundancy "
                      "(longshort.data.longchains; the longcot builder always uses those).", ("gold", "long"))
     redundancy: float = _f(0.8, "Long chains (longcot, entropy_skip with chains=long): share of redundant steps.")

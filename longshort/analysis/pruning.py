@@ -23,12 +23,13 @@ from typing import Sequence
 from longshort.analysis import plots
 from longshort.analysis.chains import Chain, ChainFormat
 from longshort.analysis.steps import Step
+from longshort.config import STEP_SCORES
 from longshort.engines.base import Engine, SamplingParams
 from longshort.verify import Verifier
 
 SKIP = "[SKIP]"
 STRATEGIES = ("low", "random", "high")
-SCORES = ("mean", "sum", "body")  # step scores to rank by (scoring.StepEntropy): the paper's is the mean
+SCORES = STEP_SCORES  # step scores to rank by (scoring.StepEntropy): the paper's is the mean
 KAPPAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
