@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -227,18 +229,22 @@ def test_answer_after_pruning_end_to_end_on_the_tiny_model():
                   tok.decode(chain_ids), True)
     steps = [segmenter.segment(chain_ids)]
     results = asyncio.run(answer_after_pruning(
-        engine, [chain], steps, [[0.3, 0.1, 0.2]], kappas=(0.0, 0.4, 1.0), sampling=fmt.answer_sampling(0.0, 4),
-        verifier=Verifier(fallbacks=False), fmt=fmt))
-    assert len(results) == 9 and all(r.answer.startswith(fmt.answer_prefix) for r in results)
-    low = {r.kappa: r for r in results if r.strategy == "low"}
-    assert low[0.4].pruned == [1] and low[0.4].thinking == "Add 2 and 3.\n\n[SKIP]So 5"
+        engine, [chain], steps, {"mean": [[0.3, 0.1, 0.2]], "sum": [[0.1, 0.3, 0.2]]}, kappas=(0.0, 0.4, 1.0),
+        sampling=fmt.answer_sampling(0.0, 4), verifier=Verifier(fallbacks=False), fmt=fmt))
+    assert len(results) == 18 and all(r.answer.startswith(fmt.answer_prefix) for r in results)
+    low = {(r.score, r.kappa): r for r in results if r.strategy == "low"}
+    assert low["mean", 0.4].pruned == [1] and low["mean", 0.4].thinking == "Add 2 and 3.\n\n[SKIP]So 5"
+    assert low["sum", 0.4].pruned == [0]  # each score ranks the steps its own way
     full = sum(s.num_tokens for s in steps[0])
-    assert low[0.0].thinking_tokens == full and low[1.0].thinking_tokens == 3  # one token per [SKIP]
-    # kappa 0 and 1 give one thinking each for all strategies; at 0.4 low/random/high differ or coincide
+    assert low["mean", 0.0].thinking_tokens == full and low["mean", 1.0].thinking_tokens == 3  # one token per [SKIP]
+    # kappa 0 and 1 give one thinking each for all strategies and scores, and random ignores the score:
+    # each distinct pruned thinking is answered once
     assert engine.stats.requests == len({r.thinking for r in results})
+    random = {(r.score, r.kappa): r.pruned for r in results if r.strategy == "random"}
+    assert all(random["mean", k] == random["sum", k] for k in (0.0, 0.4, 1.0))
     cells = summarise(results)
-    expected = {(s, k) for s in ("low", "random", "high") for k in (0.0, 0.4, 1.0)}
-    assert {(c.strategy, c.kappa) for c in cells} == expected
+    expected = {(score, s, k) for score in ("mean", "sum") for s in ("low", "random", "high") for k in (0.0, 0.4, 1.0)}
+    assert {(c.score, c.strategy, c.kappa) for c in cells} == expected
 
 
 # -------------------------------------------------------------------------------------- [SKIP]
@@ -378,24 +384,51 @@ def test_synthesis_alternates_roles_and_passes_the_agents_format_checks():
     assert asyncio.run(synthesize(record)) is None
 
 
-def test_entropy_analysis_ranks_steps_by_the_chosen_score(tiny_dir, tmp_path, monkeypatch):
+def test_entropy_analysis_ranks_steps_by_each_chosen_score_and_keeps_its_chains(tiny_dir, tmp_path, monkeypatch):
+    from longshort.analysis import chains as chains_module
     from longshort.analysis import entropy
+    from longshort.analysis.redundancy import pruning_results
 
-    received = []
+    received, sampled = [], []
 
-    async def spy(engine, chains, steps, scores, **kwargs):
-        received.append(scores)
-        return await answer_after_pruning(engine, chains, steps, scores, **kwargs)
+    async def spy(engine, chains, steps, rankings, **kwargs):
+        received.append(rankings)
+        return await answer_after_pruning(engine, chains, steps, rankings, **kwargs)
+
+    real_generate = chains_module.generate_chains
+
+    async def counting_generate(*args, **kwargs):
+        sampled.append(1)
+        return await real_generate(*args, **kwargs)
 
     monkeypatch.setattr(entropy, "answer_after_pruning", spy)
-    for score in ("mean", "body", "sum"):
-        out = tmp_path / score
-        entropy.main(["--model", str(tiny_dir), "--dtype", "fp32", "--device", "cpu", "--limit", "3", "--kappas", "0.5",
-                      "--strategies", "low", "--chain-tokens", "24", "--answer-tokens", "2", "--score", score,
-                      "--out", str(out)])
-        summary = json.loads((out / "results.json").read_text())
-        assert summary["settings"]["score"] == score
-        assert received[-1] == [c[score] for c in summary["per_chain"]]  # what the pruning ranked by
+    monkeypatch.setattr(chains_module, "generate_chains", counting_generate)
+    out, model = tmp_path / "analysis", tmp_path / "model"
+    shutil.copytree(tiny_dir, model)  # its weights' mtime changes below
+    argv = ["--model", str(model), "--dtype", "fp32", "--device", "cpu", "--limit", "3", "--strategies", "low",
+            "--chain-tokens", "24", "--answer-tokens", "2", "--out", str(out)]
+    entropy.main(argv + ["--kappas", "0.5", "--score", "mean", "body", "sum"])
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["settings"]["score"] == ["mean", "body", "sum"] and len(sampled) == 1
+    assert received[-1] == {name: [c[name] for c in summary["per_chain"]] for name in ("mean", "body", "sum")}
+    for name in ("mean", "body", "sum"):  # every score's cell reads back as a table row
+        results, score = pruning_results(out, "low", 0.5, f"low {name}", score=name)
+        assert results.settings["score"] == name and score.removed == sum(len(c["steps"]) // 2
+                                                                         for c in summary["per_chain"])
+    with pytest.raises(ValueError, match="--score including"):
+        pruning_results(out, "low", 0.5, "x", score="nonexistent")
+
+    # Started again with other kappas and scores: the chains are reused, not sampled again ...
+    entropy.main(argv + ["--kappas", "0.8", "--score", "sum"])
+    again = json.loads((out / "results.json").read_text())
+    assert len(sampled) == 1 and again["timings"]["chains_reused"] is True
+    assert [c["steps"] for c in again["per_chain"]] == [c["steps"] for c in summary["per_chain"]]
+    # ... unless the weights they came from changed (same folder, retrained)
+    weights = next(model.glob("*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    entropy.main(argv + ["--kappas", "0.8", "--score", "sum"])
+    assert len(sampled) == 2
 
 
 def test_importance_figure_is_written(tmp_path):

@@ -123,5 +123,8 @@ def test_table_specs_fail_in_one_line_with_the_fix(capsys):
     with pytest.raises(TableError, match="not an earlier run"):
         parse_table({**base, "runs": {"a": {"recipe": "tiny", "overrides": ["x={runs.b}"]}, "b": {"recipe": "tiny"}},
                      "rows": [{"label": "r", "run": "a"}]})
+    analyses = {"analyses": {"e": {"args": ["--model", "{runs.a}/sft/single/final"]}}}
+    with pytest.raises(TableError, match="score must be one of mean, sum, body, got 'summ'.*did you mean 'sum'"):
+        parse_table({**base, **analyses, "rows": [{"label": "r", "analysis": "e", "score": "summ"}]})
     assert reproduce.main(["table=paper", "bogus"]) == 2
     assert "unknown argument 'bogus'" in capsys.readouterr().err

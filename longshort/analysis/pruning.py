@@ -4,7 +4,9 @@ Of a chain's N steps, the ``floor(kappa * N)`` chosen ones are replaced, whole (
 as the released code does, so consecutive pruned steps read ``[SKIP][SKIP]``), by the placeholder;
 kept steps stay verbatim and in order. Strategies: ``low`` (lowest step entropy first: the paper's
 criterion), ``high`` (highest first) and ``random`` (uniform, seeded), both baselines from the paper's
-Figure 1. Sorting is stable and no step is exempt, matching the released code.
+Figure 1. Sorting is stable and no step is exempt, matching the released code. Several step scores
+(``SCORES``: the paper's mean, the v1 sum that its Theorem 1 bounds, ``body``) can be compared in one
+pass: each ranks the same chains, and a pruned thinking two scores agree on is answered once.
 
 The pruned thinking is closed with ``\\n</think>\\n\\n`` and the same model writes the answer, which is
 graded with ``longshort.verify``. Failed generations count as wrong (the released code dropped
@@ -18,7 +20,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from longshort.analysis import plots
 from longshort.analysis.chains import Chain, ChainFormat
@@ -65,7 +67,10 @@ def prune_text(step_texts: Sequence[str], pruned: Sequence[int], placeholder: st
 
 @dataclass
 class PrunedAnswer:
-    """One (chain, strategy, kappa) cell of the analysis, with the answer the model gave after it."""
+    """One (chain, score, strategy, kappa) cell of the analysis, with the answer the model gave after it.
+
+    ``score`` names the step score that ranked the steps (``random`` ignores it, so its answers are the
+    same under every score)."""
 
     problem_id: str
     strategy: str
@@ -78,6 +83,7 @@ class PrunedAnswer:
     answer: str
     extracted: str | None
     correct: bool
+    score: str = "mean"
 
     @property
     def reduction(self) -> float:
@@ -94,56 +100,59 @@ class Cell:
     thinking_tokens: float
     reduction: float
     n: int
+    score: str = "mean"
 
 
 async def answer_after_pruning(engine: Engine, chains: Sequence[Chain], steps: Sequence[Sequence[Step]],
-                               scores: Sequence[Sequence[float]], *, kappas: Sequence[float] = KAPPAS,
-                               strategies: Sequence[str] = STRATEGIES, sampling: SamplingParams,
-                               verifier: Verifier, fmt: ChainFormat = ChainFormat(), seed: int = 0,
-                               skip_tokens: int = 1) -> list[PrunedAnswer]:
-    """Prune every chain at every (strategy, kappa), let the model answer, and grade the answers.
+                               rankings: Mapping[str, Sequence[Sequence[float]]], *,
+                               kappas: Sequence[float] = KAPPAS, strategies: Sequence[str] = STRATEGIES,
+                               sampling: SamplingParams, verifier: Verifier, fmt: ChainFormat = ChainFormat(),
+                               seed: int = 0, skip_tokens: int = 1) -> list[PrunedAnswer]:
+    """Prune every chain at every (score, strategy, kappa), let the model answer, and grade the answers.
 
-    Identical pruned thinkings of one chain (kappa 0 and 1 are the same for every strategy) are
+    ``rankings`` maps a score name to each chain's per-step scores under it. Identical pruned
+    thinkings of one chain (kappa 0 and 1 for every strategy, ``random`` under every score) are
     answered once and shared, so the strategies are compared on the same samples there. All requests
     go to the engine at once, so a batching engine decodes them together.
     """
     tokenizer = engine.tokenizer
-    cells: list[tuple[int, str, float, list[int], str]] = []
-    for c, (chain, chain_steps, chain_scores) in enumerate(zip(chains, steps, scores)):
-        for strategy in strategies:
-            for kappa in kappas:
-                pruned = select_steps(chain_scores, kappa, strategy, seed=f"{seed}:{chain.problem_id}")
-                cells.append((c, strategy, kappa, pruned, prune_text([s.text for s in chain_steps], pruned)))
-    unique = {(c, text) for c, _, _, _, text in cells}
-    keys = sorted(unique)
+    cells: list[tuple[int, str, str, float, list[int], str]] = []
+    for score, scores in rankings.items():
+        for c, (chain, chain_steps, chain_scores) in enumerate(zip(chains, steps, scores)):
+            for strategy in strategies:
+                for kappa in kappas:
+                    pruned = select_steps(chain_scores, kappa, strategy, seed=f"{seed}:{chain.problem_id}")
+                    cells.append((c, score, strategy, kappa, pruned,
+                                  prune_text([s.text for s in chain_steps], pruned)))
+    keys = sorted({(c, text) for c, _, _, _, _, text in cells})
     generations = await asyncio.gather(*(
         engine.generate(fmt.answer_prompt_ids(tokenizer, chains[c].question, text), sampling) for c, text in keys))
     answers = dict(zip(keys, generations))
     verdicts = {key: verifier.grade(fmt.graded(gen.text), chains[key[0]].gold, chains[key[0]].choices)
                 for key, gen in answers.items()}
     results = []
-    for c, strategy, kappa, pruned, text in cells:
+    for c, score, strategy, kappa, pruned, text in cells:
         chain_steps = steps[c]
         full = sum(s.num_tokens for s in chain_steps)
         kept = full - sum(chain_steps[i].num_tokens for i in pruned)
         verdict, generation = verdicts[(c, text)], answers[(c, text)]
         results.append(PrunedAnswer(chains[c].problem_id, strategy, kappa, len(chain_steps), pruned, text,
                                     kept + skip_tokens * len(pruned), full, fmt.graded(generation.text),
-                                    verdict.extracted, verdict.correct))
+                                    verdict.extracted, verdict.correct, score))
     return results
 
 
 def summarise(results: Sequence[PrunedAnswer]) -> list[Cell]:
-    """One Cell per (strategy, kappa), in the order they first appear."""
-    groups: dict[tuple[str, float], list[PrunedAnswer]] = {}
+    """One Cell per (score, strategy, kappa), in the order they first appear."""
+    groups: dict[tuple[str, str, float], list[PrunedAnswer]] = {}
     for r in results:
-        groups.setdefault((r.strategy, r.kappa), []).append(r)
+        groups.setdefault((r.score, r.strategy, r.kappa), []).append(r)
     cells = []
-    for (strategy, kappa), rows in groups.items():
+    for (score, strategy, kappa), rows in groups.items():
         full = sum(r.full_tokens for r in rows)
         kept = sum(r.thinking_tokens for r in rows)
         cells.append(Cell(strategy, kappa, sum(r.correct for r in rows) / len(rows), kept / len(rows),
-                          1.0 - kept / full if full else 0.0, len(rows)))
+                          1.0 - kept / full if full else 0.0, len(rows), score))
     return cells
 
 
@@ -151,17 +160,28 @@ STRATEGY_STYLE = {"low": ("lowest entropy first", "tab:green"), "random": ("rand
                   "high": ("highest entropy first", "tab:red")}
 
 
+SCORE_LINES = dict(zip(SCORES, ("-", "--", ":", "-.")))  # one line style per step score
+
+
 def plot_pruning(cells: Sequence[Cell], path: str | Path, title: str = "") -> Path:
-    """Accuracy and thinking-token reduction against the pruned fraction kappa, per strategy."""
+    """Accuracy and thinking-token reduction against the pruned fraction kappa, per strategy (one line
+    style per step score; ``random`` is drawn once, as it does not depend on the score)."""
     plt = plots.pyplot()
     fig, (acc_ax, red_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for strategy, (label, color) in STRATEGY_STYLE.items():
-        rows = sorted((c for c in cells if c.strategy == strategy), key=lambda c: c.kappa)
-        if not rows:
-            continue
-        kappas = [c.kappa for c in rows]
-        acc_ax.plot(kappas, [100 * c.accuracy for c in rows], marker="o", color=color, label=label)
-        red_ax.plot(kappas, [100 * c.reduction for c in rows], marker="o", color=color, label=label)
+    scores = list(dict.fromkeys(c.score for c in cells))
+    for score in scores:
+        for strategy, (label, color) in STRATEGY_STYLE.items():
+            if strategy == "random" and score != scores[0]:
+                continue
+            rows = sorted((c for c in cells if c.strategy == strategy and c.score == score), key=lambda c: c.kappa)
+            if not rows:
+                continue
+            if len(scores) > 1 and strategy != "random":
+                label = f"{label} ({score})"
+            kappas = [c.kappa for c in rows]
+            style = dict(marker="o", color=color, label=label, linestyle=SCORE_LINES.get(score, "-"))
+            acc_ax.plot(kappas, [100 * c.accuracy for c in rows], **style)
+            red_ax.plot(kappas, [100 * c.reduction for c in rows], **style)
     acc_ax.set(xlabel="fraction of steps pruned (kappa)", ylabel="accuracy (%)", title="answer after pruning")
     red_ax.set(xlabel="fraction of steps pruned (kappa)", ylabel="thinking tokens removed (%)",
                title="token reduction")

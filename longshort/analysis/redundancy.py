@@ -53,22 +53,25 @@ def score_pruning(chains: Iterable[tuple[Sequence[bool], Sequence[int]]]) -> Red
     return RedundancyScore(removed, removed_redundant, redundant)
 
 
-def pruning_results(folder: str | Path, strategy: str, kappa: float, system: str) -> tuple[Results, RedundancyScore]:
+def pruning_results(folder: str | Path, strategy: str, kappa: float, system: str, *,
+                    score: str = "mean") -> tuple[Results, RedundancyScore]:
     """One cell of an entropy analysis folder (``results.json``, ``answers.jsonl``) as Results + score."""
     folder = Path(folder)
     summary = json.loads((folder / "results.json").read_text())
     chains = {c["id"]: c for c in summary["per_chain"]}
     rows = [json.loads(line) for line in (folder / "answers.jsonl").read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["strategy"] == strategy and abs(r["kappa"] - kappa) < 1e-9]
+    rows = [r for r in rows if r["strategy"] == strategy and abs(r["kappa"] - kappa) < 1e-9
+            and r.get("score", "mean") == score]  # analyses before --score took several wrote no score
     if not rows:
-        raise ValueError(f"{folder} has no answers for strategy {strategy} at kappa {kappa}: run the analysis "
-                         f"with --kappas including {kappa} and --strategies including {strategy}")
+        raise ValueError(f"{folder} has no answers for strategy {strategy} at kappa {kappa} ranked by the {score} "
+                         f"score: run the analysis with --kappas including {kappa}, --strategies including "
+                         f"{strategy} and --score including {score}")
     records = [Record(id=r["problem_id"], sample=0, correct=bool(r["correct"]), outcome="answered",
                       gold=str(chains[r["problem_id"]]["gold"]), verdict="ok" if r["correct"] else "wrong",
                       extracted=r["extracted"], tokens={"single": int(r["thinking_tokens"])}) for r in rows]
     settings = summary["settings"]
     results = Results(system=system, mode="pruned", models={"single": settings["model"]},
-                      settings={"strategy": strategy, "kappa": kappa, "answer_temperature": settings["answer_temperature"],
+                      settings={"strategy": strategy, "kappa": kappa, "score": score, "answer_temperature": settings["answer_temperature"],
                                 "chain_temperature": settings["chain_temperature"]},
                       sets={"heldout": summarize("heldout", records, 1)})
     score = score_pruning(([label_step(s) != GOLD for s in chains[r["problem_id"]]["steps"]], r["pruned"]) for r in rows)

@@ -26,7 +26,7 @@ def row_result(spec: TableSpec, row: RowSpec, layout) -> tuple[Results | None, R
         folder = layout.analysis(row.analysis)
         if not (folder / "answers.jsonl").is_file():
             return None, None
-        return pruning_results(folder, row.strategy, row.kappa, row.label)
+        return pruning_results(folder, row.strategy, row.kappa, row.label, score=row.score)
     folder = layout.run(row.run) / "eval" / row.weights if spec.heldout else layout.eval(row)
     if not (folder / "results.json").is_file():
         return None, None

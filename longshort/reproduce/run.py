@@ -9,8 +9,8 @@ Resuming: every command is resumable by itself (the pipeline's ``DONE`` markers 
 the evaluation's per-episode records), and reproduce adds ``steps/<key>-<hash>.done`` after each
 finished command (the hash is of its arguments, so a changed spec runs the command again). A table
 run killed anywhere and started again skips what finished and lets the command it was in continue
-from its own last save. The analysis command is the exception: it has no partial saves, so a kill
-inside it redoes that one analysis. ``--dry-run`` loads every command's config (a
+from its own last save. The analysis command keeps only its sampled chains (``chains.json``), so a
+kill inside it redoes its entropy pass and answers, not the chains. ``--dry-run`` loads every command's config (a
 typo fails here, not hours later) and prints them all, marking those already done; it runs nothing.
 
 Commands run in this process one after another (``gc`` and ``malloc_trim`` between them), with

@@ -8,7 +8,8 @@ A spec names **runs** (a recipe plus overrides, trained by ``python -m longshort
 - a row ``{model: HUB_ID, recipe: NAME}`` is an external model evaluated as is, alone
   (``eval.mode=single``), under that recipe's evaluation protocol;
 - a row ``{analysis: NAME, strategy: low|random|high, kappa: K}`` is one cell of a step-entropy
-  pruning analysis (the model's own chains with ``floor(K x N)`` steps replaced by ``[SKIP]``).
+  pruning analysis (the model's own chains with ``floor(K x N)`` steps replaced by ``[SKIP]``);
+  ``score: mean|sum|body`` picks the step score that ranked them (the analysis must compute it).
 
 ``columns: heldout`` measures rows on each run's own held-out problems (the pipeline's eval stage;
 every run of a table should then share its data settings, which the table-wide ``overrides``
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from longshort.config import recipe_dir, resolve_yaml
+from longshort.config import STEP_SCORES, recipe_dir, resolve_yaml
 from longshort.registry import did_you_mean
 
 HELDOUT = "heldout"
@@ -67,6 +68,7 @@ class RowSpec:
     analysis: str | None = None
     strategy: str = "low"
     kappa: float = 0.8
+    score: str = "mean"
 
     @property
     def kind(self) -> str:
@@ -188,3 +190,6 @@ def _check(spec: TableSpec, where: str) -> None:
         if row.analysis and row.analysis not in spec.analyses:
             raise TableError(f"{where}: row '{row.label}' names analysis '{row.analysis}'"
                              f"{did_you_mean(row.analysis, list(spec.analyses))}")
+        if row.analysis and row.score not in STEP_SCORES:
+            raise TableError(f"{where}: row '{row.label}': score must be one of {', '.join(STEP_SCORES)}, "
+                             f"got '{row.score}'{did_you_mean(row.score, list(STEP_SCORES))}")
