@@ -106,6 +106,34 @@ def test_a_killed_run_continues_with_the_problems_not_done(tmp_path, monkeypatch
         COLDSTART.get("synthesis")(changed, PROBLEMS, out)
 
 
+def test_changing_only_the_transcript_rules_resynthesises_without_new_rollouts(tmp_path, monkeypatch):
+    teacher = KeyedTeacher(tiny_tokenizer())
+    monkeypatch.setattr(coldstart_builder, "teacher_engine", lambda s, seed: teacher)
+    out = tmp_path / "coldstart"
+    first = load_coldstart(COLDSTART.get("synthesis")(synthesis_config(tmp_path), PROBLEMS, out)["short"])
+    asked = len(teacher.questions)
+    assert [t["role"] for t in first[0]["turns"]] == ["long", "short", "long", "short"]
+
+    def unused(settings, seed):
+        raise AssertionError("no teacher is needed to re-synthesise")
+
+    monkeypatch.setattr(coldstart_builder, "teacher_engine", unused)
+    # the long agent writes every thought: p0 becomes one long turn and the final short answer
+    wider = synthesis_config(tmp_path, "sft.synthesis.top_fraction=1.0")
+    again = load_coldstart(COLDSTART.get("synthesis")(wider, PROBLEMS, out)["short"])
+    assert len(teacher.questions) == asked and [r["id"] for r in again] == ["p0", "p1"]
+    assert [t["role"] for t in again[0]["turns"]] == ["long", "short"] and KEY in again[0]["turns"][0]["text"]
+    settings = json.loads((out / coldstart_builder.SETTINGS_FILE).read_text())
+    assert settings["top_fraction"] == 1.0  # the lines now mean the new rules
+
+    # lines written before thoughts were kept cannot be re-synthesised: the error says so
+    progress = out / coldstart_builder.PROGRESS_FILE
+    rows = [json.loads(line) for line in progress.read_text().splitlines()]
+    progress.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "scored"}) + "\n" for r in rows))
+    with pytest.raises(coldstart_builder.SynthesisError, match="written before thoughts were kept"):
+        COLDSTART.get("synthesis")(synthesis_config(tmp_path), PROBLEMS, out)
+
+
 def test_no_transcript_at_all_fails_with_the_reasons(tmp_path, monkeypatch):
     monkeypatch.setattr(coldstart_builder, "teacher_engine", lambda s, seed: KeyedTeacher(tiny_tokenizer()))
     with pytest.raises(ColdStartError, match="1 no prefix of its thoughts leads the rollouts to the gold answer"):

@@ -15,9 +15,12 @@ this module runs them per problem with the settings of ``sft.synthesis``:
    checked with the agents' own format checks.
 
 Every problem ends in one line of ``synthesis_progress.jsonl`` (kept with its transcript, or dropped
-with the reason), appended after each batch of ``batch_problems`` problems, so a half-built cold
-start that is started again continues with the problems not yet done. The settings the lines were
-made with are kept beside them; a restart with other settings refuses to mix the two.
+with the reason, and its scored thoughts), appended after each batch of ``batch_problems`` problems,
+so a half-built cold start that is started again continues with the problems not yet done. The
+settings the lines were made with are kept beside them; a restart with other settings refuses to mix
+the two, except for the transcript rules (``top_fraction``, ``threshold``, ``max_chars``,
+``compressor``): changing only those re-synthesises the transcripts from the kept thoughts and scores
+in seconds, so the long/short split can be tuned without new chains or rollouts.
 ``synthesis_summary.json`` holds the counts; ``<role>.jsonl`` the SFT sets (as every builder).
 """
 from __future__ import annotations
@@ -203,15 +206,22 @@ async def process(problem: Problem, ctx: _Context) -> dict:
         verifier=ctx.verifier, fmt=ctx.fmt, decay_kind=settings.decay, lam=settings.lam,
         choices=problem.meta.get("choices"))
     row.update(steps=len(steps), thoughts=len(thoughts), chunker=chunker, baseline=scored.baseline,
-               accuracy=[t.accuracy for t in scored.thoughts], scores=[t.score for t in scored.thoughts])
-    transcript = await synthesize(scored.to_dict(), SynthesisConfig(settings.top_fraction, settings.threshold,
-                                                                     settings.max_chars), ctx.compressor)
+               accuracy=[t.accuracy for t in scored.thoughts], scores=[t.score for t in scored.thoughts],
+               scored=scored.to_dict())
+    return {**row, **await transcript_fields(row["scored"], settings, ctx.compressor)}
+
+
+async def transcript_fields(scored: dict, settings: SynthesisColdstartConfig,
+                            compressor: LLMCompressor | None) -> dict:
+    """``status`` and ``transcript`` (+ ``format_problems``) of a scored chain under the transcript rules."""
+    transcript = await synthesize(scored, SynthesisConfig(settings.top_fraction, settings.threshold,
+                                                          settings.max_chars), compressor)
     if transcript is None:
-        return {**row, "status": "never_reaches_gold", "transcript": None}
+        return {"status": "never_reaches_gold", "transcript": None}
     problems = check_transcript(transcript["turns"])
     if problems:
-        return {**row, "status": "format", "format_problems": problems, "transcript": None}
-    return {**row, "status": "kept", "transcript": transcript}
+        return {"status": "format", "format_problems": problems, "transcript": None}
+    return {"status": "kept", "transcript": transcript}
 
 
 # ----------------------------------------------------------------------------------------- progress
@@ -228,21 +238,56 @@ def read_progress(path: Path) -> dict[str, dict]:
     return {row["id"]: row for row in map(json.loads, data.decode("utf-8").splitlines()) if row}
 
 
-def _check_settings(out_dir: Path, settings: SynthesisColdstartConfig, done: int) -> None:
-    """Refuse to continue a half-built cold start made with other settings (what a line means depends on them)."""
+# Settings that only decide how scored thoughts become a transcript: changing them re-synthesises the
+# transcripts from the thoughts and scores each progress line keeps, with no new chains or rollouts.
+TRANSCRIPT_RULES = ("top_fraction", "threshold", "max_chars", "compressor")
+
+
+def _check_settings(out_dir: Path, settings: SynthesisColdstartConfig, done: dict[str, dict]) -> bool:
+    """Refuse to continue a half-built cold start made with other settings (what a line means depends on
+    them), unless only ``TRANSCRIPT_RULES`` changed and every scored line kept its thoughts: then True
+    (the caller re-synthesises those lines)."""
     path = out_dir / SETTINGS_FILE
     current = dataclasses.asdict(settings)
     for key in ("batch_problems", "max_batch_size", "tensor_parallel_size", "gpu_memory_utilization", "remote_url"):
         current.pop(key)  # how it runs, not what it makes
+    changed: list[str] = []
     if path.is_file() and done:
         previous = json.loads(path.read_text())
         changed = sorted(k for k in current if previous.get(k) != current[k])
-        if changed:
+        unscored = [row["id"] for row in done.values() if "thoughts" in row and "scored" not in row]
+        if changed and (not set(changed) <= set(TRANSCRIPT_RULES) or unscored):
+            why = (f"; {len(unscored)} of its lines were written before thoughts were kept with their scores, so "
+                   "they cannot be re-synthesised" if unscored and set(changed) <= set(TRANSCRIPT_RULES) else "")
             raise SynthesisError(
-                f"{out_dir / PROGRESS_FILE} holds {done} problem(s) built with other sft.synthesis settings "
-                f"({', '.join(changed)} changed): restore them, or delete that file to start the cold start over")
+                f"{out_dir / PROGRESS_FILE} holds {len(done)} problem(s) built with other sft.synthesis settings "
+                f"({', '.join(changed)} changed){why}: restore them, or delete that file to start the cold start "
+                f"over (only {', '.join(TRANSCRIPT_RULES)} can change without new chains and rollouts)")
     out_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    if changed:
+        logger.info("cold start (synthesis): %s changed; re-synthesising the transcripts of the %d problems done "
+                    "from their kept thoughts and scores", ", ".join(changed), len(done))
+    return bool(changed)
+
+
+def resynthesise(done: dict[str, dict], settings: SynthesisColdstartConfig, progress_path: Path,
+                 compressor: LLMCompressor | None) -> None:
+    """Rewrite every scored progress line's transcript under the current rules (atomically)."""
+    async def redo(row: dict) -> dict:
+        if "scored" not in row:  # dropped before scoring (no chain, ...): no rule changes that
+            return row
+        kept = {k: v for k, v in row.items() if k not in ("status", "transcript", "format_problems")}
+        return {**kept, **await transcript_fields(row["scored"], settings, compressor)}
+
+    async def redo_all() -> list[dict]:
+        return list(await asyncio.gather(*(redo(row) for row in done.values())))
+
+    rows = asyncio.run(redo_all())
+    tmp = progress_path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    tmp.replace(progress_path)
+    done.update((row["id"], row) for row in rows)
 
 
 def _progress_bar(total: int, done: int):
@@ -273,15 +318,19 @@ def build(config: Config, problems: Sequence[Problem], out_dir: Path, *, engine:
     out_dir = Path(out_dir)
     progress_path = out_dir / PROGRESS_FILE
     done = read_progress(progress_path)
-    _check_settings(out_dir, settings, len(done))
+    rules_changed = _check_settings(out_dir, settings, done)
     todo = [p for p in problems if p.id not in done]
     if done:
         logger.info("cold start (synthesis): %d of %d problems done already in %s; continuing",
                     len(problems) - len(todo), len(problems), progress_path)
-    own_engine = engine is None and bool(todo)
+    llm_compressing = rules_changed and settings.compressor == "llm"
+    own_engine = engine is None and (bool(todo) or llm_compressing)
     if own_engine:
         engine = teacher_engine(settings, config.seed)
     try:
+        if rules_changed:
+            resynthesise(done, settings, progress_path,
+                         LLMCompressor(engine, max_chars=settings.max_chars) if llm_compressing else None)
         if todo:
             _run(todo, settings, engine, progress_path, done, len(problems))
     finally:
