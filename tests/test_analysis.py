@@ -431,6 +431,23 @@ def test_entropy_analysis_ranks_steps_by_each_chosen_score_and_keeps_its_chains(
     assert len(sampled) == 2
 
 
+def test_analysis_commands_report_a_user_error_in_one_line(tmp_path, monkeypatch, capsys):
+    from longshort.analysis import entropy
+    from longshort.analysis.cli_common import run_command
+    from longshort.models import ModelNotFoundError
+
+    argv = ["python -m longshort.analysis.entropy", "--model", str(tmp_path / "missing"), "--out", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(entropy.main)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "missing" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    monkeypatch.setattr("sys.argv", argv + ["--debug"])  # --debug: the traceback, as in longshort.train
+    with pytest.raises(ModelNotFoundError):
+        run_command(entropy.main)
+
+
 def test_importance_figure_is_written(tmp_path):
     from longshort.analysis.importance import ImportanceResult, ThoughtScore, plot_importance
 

@@ -6,11 +6,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator, NoReturn
 
 from longshort.analysis.chains import FORCED_ANSWER_PREFIX, THINK_SYSTEM_PROMPT, ChainFormat
 from longshort.data import Problem, load_problems
+from longshort.engines.base import Engine, Generation, SamplingParams
+
+
+def run_command(main: Callable[[list[str]], object]) -> NoReturn:
+    """``python -m longshort.analysis.X``: a user error (a model that is not there, a malformed data file)
+    is one line on stderr and exit status 2, as in ``longshort.train``; ``--debug`` keeps the traceback.
+    Called in-process (``main(argv)``, as ``longshort.reproduce`` does), the error propagates."""
+    from longshort.cli import USER_ERRORS, one_line
+
+    argv = sys.argv[1:]
+    debug = "--debug" in argv
+    try:
+        main([a for a in argv if a != "--debug"])
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(0)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -71,3 +93,37 @@ def write_jsonl(rows: Iterable[dict], path: Path) -> Path:
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path) as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+class ProgressEngine:
+    """An engine that advances a progress bar as each of its generations finishes: the analyses send
+    all their requests at once, so the engine is the one place that sees them finish."""
+
+    def __init__(self, engine: Engine, advance):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self._advance = advance
+
+    async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> Generation:
+        generation = await self.engine.generate(prompt_ids, sampling)
+        self._advance(len(generation.token_ids))
+        return generation
+
+
+@contextmanager
+def progress_engine(engine: Engine, label: str, total: int | None = None) -> Iterator[ProgressEngine]:
+    """``engine`` behind a progress bar on stderr (requests done, generated tokens per second)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    started, tokens = time.perf_counter(), 0
+    with Progress(TextColumn(f"{label:>8}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[tps]} tok/s"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True)) as bar:
+        task = bar.add_task(label, total=total, tps="-")
+
+        def advance(new_tokens: int) -> None:
+            nonlocal tokens
+            tokens += new_tokens
+            bar.update(task, advance=1, tps=f"{tokens / max(time.perf_counter() - started, 1e-9):.0f}")
+
+        yield ProgressEngine(engine, advance)

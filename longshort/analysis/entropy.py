@@ -142,8 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     key = chain_key(args, problems)
     chains = cached_chains(out, key)
     if chains is None:
-        chains = asyncio.run(generate_chains(engine, problems, SamplingParams(
-            temperature=args.chain_temperature, top_p=0.95, max_new_tokens=args.chain_tokens), fmt))
+        with common.progress_engine(engine, "chains", total=len(problems)) as tracked:
+            chains = asyncio.run(generate_chains(tracked, problems, SamplingParams(
+                temperature=args.chain_temperature, top_p=0.95, max_new_tokens=args.chain_tokens), fmt))
         keep_chains(out, key, chains)
         timings["chains_s"] = time.perf_counter() - start
     chain_tokens = sum(len(c.ids) for c in chains)
@@ -156,11 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     scores = [step_entropies(e, s) for e, s in zip(entropies, steps)]
 
     start = time.perf_counter()
-    answers = asyncio.run(answer_after_pruning(
-        engine, chains, steps, {name: [s.ranking(name) for s in scores] for name in args.score},
-        kappas=args.kappas, strategies=args.strategies,
-        sampling=fmt.answer_sampling(args.answer_temperature, args.answer_tokens), verifier=verifier, fmt=fmt,
-        seed=args.seed))
+    with common.progress_engine(engine, "answers") as tracked:  # total: the distinct pruned thinkings
+        answers = asyncio.run(answer_after_pruning(
+            tracked, chains, steps, {name: [s.ranking(name) for s in scores] for name in args.score},
+            kappas=args.kappas, strategies=args.strategies,
+            sampling=fmt.answer_sampling(args.answer_temperature, args.answer_tokens), verifier=verifier, fmt=fmt,
+            seed=args.seed))
     timings["answers_s"] = time.perf_counter() - start
     cells = summarise(answers)
     own = sum(verifier.grade(c.text, c.gold, c.choices).correct for c in chains) / max(1, len(chains))
@@ -205,4 +207,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_command(main)

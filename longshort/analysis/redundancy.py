@@ -166,4 +166,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from longshort.analysis.cli_common import run_command
+
+    run_command(main)
