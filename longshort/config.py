@@ -167,6 +167,9 @@ class TrainerConfig:
     log_every: int = _f(1, "Write metrics every this many RL steps.")
 
 
+SYNTHESIS_END_AT = ("last", "first")  # where the synthesis cuts a chain (analysis.synthesis.SynthesisConfig.end_at)
+
+
 @dataclass
 class SynthesisColdstartConfig:
     """``sft.coldstart: synthesis``: the paper's cold start from a teacher's long chains of thought."""
@@ -195,6 +198,11 @@ class SynthesisColdstartConfig:
     top_fraction: float = _f(0.3, "Share of a chain's thoughts (highest S_i) the long agent writes in full.")
     threshold: Optional[float] = _f(None, "Instead of top_fraction: thoughts with S_i >= threshold are the long agent's.")
     max_chars: int = _f(300, "Rule compressor: characters per short turn.")
+    keep_first: bool = _f(True, "The first thought (problem understanding) is always the long agent's; false: the "
+                          "thoughts before the first important one are left out.")
+    end_at: str = _f("last", "Where a chain is cut: at its last prefix whose rollouts reach the gold answer, or at "
+                     "the first (what follows, re-checks and summaries, is left out instead of compressed).",
+                     SYNTHESIS_END_AT)
     compressor: str = _f("rule", "How the short agent's turns are compressed: rule, or llm (the teacher rewrites).",
                          ("rule", "llm"))
     batch_problems: int = _f(16, "Problems processed together; progress is saved after each batch (resumable).")

@@ -384,6 +384,25 @@ def test_synthesis_alternates_roles_and_passes_the_agents_format_checks():
     assert asyncio.run(synthesize(record)) is None
 
 
+def test_synthesis_can_leave_out_what_precedes_the_first_important_thought_and_follows_the_first_right_prefix():
+    record = {"id": "p", "question": "Q?", "answer": "5", "thoughts": [
+        {"text": "The question asks for the apples.", "score": 0.0, "accuracy": 0.0},
+        {"text": "So 2 + 3 = 5 apples.", "score": 0.8, "accuracy": 1.0},
+        {"text": "Let me check: 5 - 3 = 2. Yes.", "score": 0.4, "accuracy": 1.0},
+        {"text": "To sum up: 2 + 3 = 5.", "score": 0.3, "accuracy": 1.0}]}
+    default = asyncio.run(synthesize(record))  # thought 0 always the long agent's, cut at the last right prefix
+    assert [t["role"] for t in default["turns"]] == ["long", "short"]
+    assert "The question asks" in default["turns"][0]["text"] and "To sum up" in default["turns"][1]["text"]
+    lean = asyncio.run(synthesize(record, SynthesisConfig(top_fraction=0.25, keep_first=False, end_at="first")))
+    assert [t["text"] for t in lean["turns"]] == ["<think>\nSo 2 + 3 = 5 apples.\n</think>",
+                                                 "<answer>\nThe final answer is \\boxed{5}.\n</answer>"]
+    assert check_transcript(lean["turns"]) == []
+    later = asyncio.run(synthesize(record, SynthesisConfig(top_fraction=0.25, end_at="first")))
+    assert "Let me check" not in "".join(t["text"] for t in later["turns"]) and later["turns"][0]["role"] == "long"
+    with pytest.raises(ValueError, match="end_at must be one of last, first"):
+        SynthesisConfig(end_at="middle")
+
+
 def test_entropy_analysis_ranks_steps_by_each_chosen_score_and_keeps_its_chains(tiny_dir, tmp_path, monkeypatch):
     from longshort.analysis import chains as chains_module
     from longshort.analysis import entropy

@@ -19,7 +19,7 @@ with the reason, and its scored thoughts), appended after each batch of ``batch_
 so a half-built cold start that is started again continues with the problems not yet done. The
 settings the lines were made with are kept beside them; a restart with other settings refuses to mix
 the two, except for the transcript rules (``top_fraction``, ``threshold``, ``max_chars``,
-``compressor``): changing only those re-synthesises the transcripts from the kept thoughts and scores
+``compressor``, ``keep_first``, ``end_at``): changing only those re-synthesises the transcripts from the kept thoughts and scores
 in seconds, so the long/short split can be tuned without new chains or rollouts.
 ``synthesis_summary.json`` holds the counts; ``<role>.jsonl`` the SFT sets (as every builder).
 """
@@ -214,8 +214,8 @@ async def process(problem: Problem, ctx: _Context) -> dict:
 async def transcript_fields(scored: dict, settings: SynthesisColdstartConfig,
                             compressor: LLMCompressor | None) -> dict:
     """``status`` and ``transcript`` (+ ``format_problems``) of a scored chain under the transcript rules."""
-    transcript = await synthesize(scored, SynthesisConfig(settings.top_fraction, settings.threshold,
-                                                          settings.max_chars), compressor)
+    transcript = await synthesize(scored, SynthesisConfig(settings.top_fraction, settings.threshold, settings.max_chars,
+                                                          settings.keep_first, settings.end_at), compressor)
     if transcript is None:
         return {"status": "never_reaches_gold", "transcript": None}
     problems = check_transcript(transcript["turns"])
@@ -240,7 +240,7 @@ def read_progress(path: Path) -> dict[str, dict]:
 
 # Settings that only decide how scored thoughts become a transcript: changing them re-synthesises the
 # transcripts from the thoughts and scores each progress line keeps, with no new chains or rollouts.
-TRANSCRIPT_RULES = ("top_fraction", "threshold", "max_chars", "compressor")
+TRANSCRIPT_RULES = ("top_fraction", "threshold", "max_chars", "compressor", "keep_first", "end_at")
 
 
 def _check_settings(out_dir: Path, settings: SynthesisColdstartConfig, done: dict[str, dict]) -> bool:

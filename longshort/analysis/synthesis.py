@@ -4,8 +4,10 @@ The paper builds D_long and D_short "directly from scored thoughts" but its rule
 (reviewers asked how ``</rethink>`` is assigned). The rules here (IMPL-CHOICE):
 
 - Important thoughts are the top ``top_fraction`` by joint score S_i (at least one), or those with
-  ``S_i >= threshold`` when a threshold is given. The first thought is always important, because
-  the long agent speaks first and front thoughts (problem understanding) score highest in the paper.
+  ``S_i >= threshold`` when a threshold is given. The first thought is important too
+  (``keep_first``, default), because the long agent speaks first and front thoughts (problem
+  understanding) score highest in the paper. Without it, the thoughts before the first important
+  one (restating the question, hesitating) are left out, and the long agent opens with that one.
 - A maximal run of important thoughts becomes one long turn, ``<think>`` + the thoughts verbatim +
   ``</think>``. A maximal run of the others becomes one short turn carrying them compressed:
   ``<answer> ... </rethink>`` when another long turn follows, and the last turn is always
@@ -15,7 +17,9 @@ The paper builds D_long and D_short "directly from scored thoughts" but its rule
   budget); ``LLMCompressor`` asks a model to rewrite instead and falls back to the rule on bad output.
 - A chain is used up to its last prefix whose rollouts reach the gold answer (A_i > 0); thoughts after
   it led away from the answer and are dropped, and a chain that never reaches it gives no transcript.
-  The final turn states the gold answer, so no transcript teaches a wrong result.
+  ``end_at="first"`` stops at the first such prefix instead: once the rollouts answer right, what
+  follows (re-checks, summaries) is left out rather than compressed. The final turn states the gold
+  answer, so no transcript teaches a wrong result.
 - ``</overthink>`` is never emitted: its meaning is unconfirmed.
 
 Protocol tags inside thought texts (R1's own ``<think>``) are removed, and every turn is checked
@@ -30,6 +34,7 @@ from typing import Awaitable, Callable, Mapping, Sequence
 
 from agents.long_short import PROTOCOL_TAGS, LongThoughtAgent, ShortThoughtAgent
 from longshort.analysis.chains import chat_ids
+from longshort.config import SYNTHESIS_END_AT
 from longshort.engines.base import Engine, SamplingParams
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -84,21 +89,30 @@ class LLMCompressor:
         return out
 
 
+END_AT = SYNTHESIS_END_AT  # where a chain is cut: its last / first prefix whose rollouts reach the answer
+
+
 @dataclass(frozen=True)
 class SynthesisConfig:
     top_fraction: float = 0.3
     threshold: float | None = None
     max_chars: int = 300  # budget of the rule compressor per short turn
+    keep_first: bool = True  # the first thought is always the long agent's
+    end_at: str = "last"
+
+    def __post_init__(self):
+        if self.end_at not in END_AT:
+            raise ValueError(f"end_at must be one of {', '.join(END_AT)}, got {self.end_at!r}")
 
 
 def important_thoughts(scores: Sequence[float], config: SynthesisConfig) -> set[int]:
-    """Indices of the important thoughts (always including the first, see the module docstring)."""
+    """Indices of the important thoughts (with the first when ``keep_first``, see the module docstring)."""
     if config.threshold is not None:
         chosen = {i for i, s in enumerate(scores) if s >= config.threshold}
     else:
         k = max(1, math.ceil(config.top_fraction * len(scores)))
         chosen = set(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k])
-    return chosen | {0} if scores else chosen
+    return chosen | {0} if scores and config.keep_first else chosen
 
 
 def runs(important: set[int], n: int) -> list[tuple[bool, list[int]]]:
@@ -134,7 +148,7 @@ async def synthesize(record: Mapping, config: SynthesisConfig = SynthesisConfig(
     reaching = [i for i, t in enumerate(record["thoughts"]) if t["accuracy"] > 0]
     if not reaching:
         return None
-    thoughts = record["thoughts"][: reaching[-1] + 1]
+    thoughts = record["thoughts"][: (reaching[0] if config.end_at == "first" else reaching[-1]) + 1]
     question, gold = record["question"], str(record["answer"])
 
     async def compress(indices: list[int]) -> str:
@@ -142,7 +156,9 @@ async def synthesize(record: Mapping, config: SynthesisConfig = SynthesisConfig(
         return clean(await compressor(question, text)) if compressor else rule_compress(text, config.max_chars)
 
     final = f"The final answer is \\boxed{{{gold}}}."
-    important = important_thoughts([t["score"] for t in thoughts], config)
+    important = important_thoughts([t["score"] for t in thoughts], config) or {0}
+    start = min(important)  # 0 with keep_first; else what precedes the first important thought is left out
+    thoughts, important = thoughts[start:], {i - start for i in important}
     turns = []
     parts = runs(important, len(thoughts))
     for position, (is_long, indices) in enumerate(parts):

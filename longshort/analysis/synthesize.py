@@ -14,7 +14,7 @@ import asyncio
 from pathlib import Path
 
 from longshort.analysis import cli_common as common
-from longshort.analysis.synthesis import LLMCompressor, SynthesisConfig, check_transcript, sft_sets, synthesize
+from longshort.analysis.synthesis import END_AT, LLMCompressor, SynthesisConfig, check_transcript, sft_sets, synthesize
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,10 +25,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold", type=float, help="keep thoughts with S_i >= this instead of a top share")
     parser.add_argument("--max-chars", type=int, default=300, help="rule compressor budget per short turn")
     parser.add_argument("--compressor", choices=("rule", "llm"), default="rule")
+    parser.add_argument("--no-keep-first", dest="keep_first", action="store_false",
+                        help="leave out the thoughts before the first important one (default: the first "
+                             "thought is always the long agent's)")
+    parser.add_argument("--end-at", choices=END_AT, default="last",
+                        help="cut each chain at its last (default) or first prefix whose rollouts reach the answer")
     common.add_model_args(parser)
     args = parser.parse_args(argv)
 
-    config = SynthesisConfig(top_fraction=args.top_fraction, threshold=args.threshold, max_chars=args.max_chars)
+    config = SynthesisConfig(top_fraction=args.top_fraction, threshold=args.threshold, max_chars=args.max_chars,
+                             keep_first=args.keep_first, end_at=args.end_at)
     compressor = LLMCompressor(common.load_engine(args)[1], max_chars=args.max_chars) \
         if args.compressor == "llm" else None
     records = common.read_jsonl(args.scores)
