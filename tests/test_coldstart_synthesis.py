@@ -132,6 +132,11 @@ def test_changing_only_the_transcript_rules_resynthesises_without_new_rollouts(t
     progress.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "scored"}) + "\n" for r in rows))
     with pytest.raises(coldstart_builder.SynthesisError, match="written before thoughts were kept"):
         COLDSTART.get("synthesis")(synthesis_config(tmp_path), PROBLEMS, out)
+    # a settings file from before keep_first and end_at existed means their defaults: nothing changed
+    settings_path = out / coldstart_builder.SETTINGS_FILE
+    old = {k: v for k, v in json.loads(settings_path.read_text()).items() if k not in ("keep_first", "end_at")}
+    settings_path.write_text(json.dumps({**old, "top_fraction": 0.2}))
+    assert len(load_coldstart(COLDSTART.get("synthesis")(synthesis_config(tmp_path), PROBLEMS, out)["short"])) == 2
 
 
 def test_no_transcript_at_all_fails_with_the_reasons(tmp_path, monkeypatch):

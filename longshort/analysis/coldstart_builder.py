@@ -18,9 +18,10 @@ Every problem ends in one line of ``synthesis_progress.jsonl`` (kept with its tr
 with the reason, and its scored thoughts), appended after each batch of ``batch_problems`` problems,
 so a half-built cold start that is started again continues with the problems not yet done. The
 settings the lines were made with are kept beside them; a restart with other settings refuses to mix
-the two, except for the transcript rules (``top_fraction``, ``threshold``, ``max_chars``,
-``compressor``, ``keep_first``, ``end_at``): changing only those re-synthesises the transcripts from the kept thoughts and scores
-in seconds, so the long/short split can be tuned without new chains or rollouts.
+the two, except for the transcript rules (``TRANSCRIPT_RULES``: ``top_fraction``, ``threshold``,
+``max_chars``, ``compressor``, ``keep_first``, ``end_at``): changing only those re-synthesises the
+transcripts from the kept thoughts and scores in seconds, so the long/short split can be tuned
+without new chains or rollouts.
 ``synthesis_summary.json`` holds the counts; ``<role>.jsonl`` the SFT sets (as every builder).
 """
 from __future__ import annotations
@@ -254,7 +255,8 @@ def _check_settings(out_dir: Path, settings: SynthesisColdstartConfig, done: dic
     changed: list[str] = []
     if path.is_file() and done:
         previous = json.loads(path.read_text())
-        changed = sorted(k for k in current if previous.get(k) != current[k])
+        defaults = dataclasses.asdict(SynthesisColdstartConfig())  # a setting added since: its default was the rule
+        changed = sorted(k for k in current if previous.get(k, defaults[k]) != current[k])
         unscored = [row["id"] for row in done.values() if "thoughts" in row and "scored" not in row]
         if changed and (not set(changed) <= set(TRANSCRIPT_RULES) or unscored):
             why = (f"; {len(unscored)} of its lines were written before thoughts were kept with their scores, so "
