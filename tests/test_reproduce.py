@@ -37,7 +37,8 @@ def toy_tiny_spec(tiny_dir: Path, out: Path) -> Path:
     runs["longcot"]["overrides"] += [*toy, *_agents(tiny_dir, ("single",))]
     # A random model's rollouts never reach the gold answer, so the synthesis builder would keep no
     # transcript; the toy table cold-starts the pair from gold steps instead (synthesis has its own test).
-    runs["longshort"]["overrides"] += [*toy, *_agents(tiny_dir, ("long", "short")), "sft.coldstart=long_short"]
+    for name in ("longshort", "longshort_lean"):
+        runs[name]["overrides"] += [*toy, *_agents(tiny_dir, ("long", "short")), "sft.coldstart=long_short"]
     for name in ("skip", "skip_body"):
         runs[name]["overrides"] += [*toy, *_agents(tiny_dir, ("single",), "{runs.longcot}/sft/single/final")]
     args = spec["analyses"]["step_entropy"]["args"]
@@ -62,7 +63,7 @@ def test_the_tiny_table_runs_end_to_end_resumes_without_redoing_rows_and_writes_
 
     with pytest.raises(RuntimeError, match="simulated kill"):
         reproduce.run_table(spec, tmp_path / "table", runner=killed_after_skip_training)
-    assert done == ["train_longcot", "train_longshort", "train_skip"]
+    assert done == ["train_longcot", "train_longshort", "train_longshort_lean", "train_skip"]
     finished = tmp_path / "table" / "runs" / "longcot" / "eval" / "sft" / "results.json"
     skip_weights = tmp_path / "table" / "runs" / "skip" / "sft" / "single" / "final" / "model.safetensors"
     stamps = finished.stat().st_mtime_ns, skip_weights.stat().st_mtime_ns
@@ -86,7 +87,8 @@ def test_the_tiny_table_runs_end_to_end_resumes_without_redoing_rows_and_writes_
     assert set(pruned) == {r.label for r in spec.rows if r.analysis}
     assert all(0 <= r["removed_redundant"] <= r["removed"] for r in pruned.values())
     assert set(json.loads((tmp_path / "table" / "timings.json").read_text())) == {
-        "train_longcot", "train_longshort", "train_skip", "train_skip_body", "analysis_step_entropy"}
+        "train_longcot", "train_longshort", "train_longshort_lean", "train_skip", "train_skip_body",
+        "analysis_step_entropy"}
     assert reproduce.main([f"table={path}"]) == 0  # everything done: only the table is written again
     runs = tmp_path / "table" / "runs"
     longcot = [json.loads(line) for line in (runs / "longcot" / "sft" / "coldstart" / "single.jsonl").open()]

@@ -99,7 +99,7 @@ class ProgressEngine:
     """An engine that advances a progress bar as each of its generations finishes: the analyses send
     all their requests at once, so the engine is the one place that sees them finish."""
 
-    def __init__(self, engine: Engine, advance):
+    def __init__(self, engine: Engine, advance: Callable[[int], None]):
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self._advance = advance
