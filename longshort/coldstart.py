@@ -190,12 +190,13 @@ def write_coldstart(problems: Iterable[Problem], out_dir: str | Path, seed: int,
         raise ColdStartError("no cold-start transcripts could be built: the problems carry no gold solution "
                              "steps (meta['steps']) or written solution (meta['solution']); use "
                              "sft.coldstart=synthesis (a teacher's chains) or problems with solutions")
-    return {role: _write_records([{**record, "role": role} for record in records
+    return {role: write_records([{**record, "role": role} for record in records
                                   if any(turn["role"] == role for turn in record["turns"])],
                                  Path(out_dir) / f"{role}.jsonl") for role in roles}
 
 
-def _write_records(records: Sequence[dict], path: Path) -> Path:
+def write_records(records: Sequence[dict], path: Path) -> Path:
+    """``records`` as JSONL at ``path``, atomically (a kill leaves the old file or the new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".jsonl.tmp")
     with open(tmp, "w") as handle:
@@ -237,7 +238,7 @@ def synthesis_coldstart(config: Config, problems: Sequence[Problem], out_dir: Pa
     renamed = {"long": roles[0], "short": roles[1]}
     records = [{**t, "plan": "synthesis", "turns": [{**turn, "role": renamed[turn["role"]]} for turn in t["turns"]]}
                for t in transcripts]
-    return {role: _write_records([{**record, "role": role} for record in records
+    return {role: write_records([{**record, "role": role} for record in records
                                   if any(turn["role"] == role for turn in record["turns"])],
                                  Path(out_dir) / f"{role}.jsonl") for role in roles}
 
@@ -303,7 +304,7 @@ def entropy_skip_coldstart(config: Config, problems: Sequence[Problem], out_dir:
                     meta["kinds"] = kinds[problem.id]
                 records.append({**record, "meta": meta})
         logger.info("cold start (entropy_skip): %d/%d examples for %s", len(records), len(chains), role)
-        paths[role] = _write_records(records, Path(out_dir) / f"{role}.jsonl")
+        paths[role] = write_records(records, Path(out_dir) / f"{role}.jsonl")
         del model
     return paths
 
@@ -358,5 +359,5 @@ def longcot_coldstart(config: Config, problems: Sequence[Problem], out_dir: Path
             if agents[role].check_format(record["turns"][0]["text"], "stop").ok:
                 records.append({**record, "meta": {"kinds": list(chain.kinds)}})
         logger.info("cold start (longcot): %d/%d long chains for %s", len(records), len(chains), role)
-        paths[role] = _write_records(records, Path(out_dir) / f"{role}.jsonl")
+        paths[role] = write_records(records, Path(out_dir) / f"{role}.jsonl")
     return paths

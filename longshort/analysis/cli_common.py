@@ -19,20 +19,18 @@ from longshort.engines.base import Engine, Generation, SamplingParams
 
 def run_command(main: Callable[[list[str]], object]) -> NoReturn:
     """``python -m longshort.analysis.X``: a user error (a model that is not there, a malformed data file)
-    is one line on stderr and exit status 2, as in ``longshort.train``; ``--debug`` keeps the traceback.
-    Called in-process (``main(argv)``, as ``longshort.reproduce`` does), the error propagates."""
-    from longshort.cli import USER_ERRORS, one_line
+    is one line on stderr and exit status 2, as in ``longshort.train`` (``cli.guarded``); ``--debug``
+    keeps the traceback. Called in-process (``main(argv)``, as ``longshort.reproduce`` does), the error
+    propagates."""
+    from longshort.cli import Invocation, guarded
 
     argv = sys.argv[1:]
-    debug = "--debug" in argv
-    try:
+
+    def body() -> int:
         main([a for a in argv if a != "--debug"])
-    except USER_ERRORS as err:
-        if debug:
-            raise
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(0)
+        return 0
+
+    sys.exit(guarded(body, Invocation(recipe=None, flags={"--debug"} & set(argv))))
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -40,6 +40,7 @@ from longshort.analysis.chunking import LLMChunker, RuleChunker, thoughts_from_b
 from longshort.analysis.importance import score_thoughts
 from longshort.analysis.steps import Step, StepSegmenter, segment_text, thinking_text
 from longshort.analysis.synthesis import LLMCompressor, SynthesisConfig, check_transcript, synthesize
+from longshort.coldstart import write_records
 from longshort.config import Config, SynthesisColdstartConfig
 from longshort.data import Problem
 from longshort.engines.base import Engine, SamplingParams
@@ -258,9 +259,10 @@ def _check_settings(out_dir: Path, settings: SynthesisColdstartConfig, done: dic
         defaults = dataclasses.asdict(SynthesisColdstartConfig())  # a setting added since: its default was the rule
         changed = sorted(k for k in current if previous.get(k, defaults[k]) != current[k])
         unscored = [row["id"] for row in done.values() if "thoughts" in row and "scored" not in row]
-        if changed and (not set(changed) <= set(TRANSCRIPT_RULES) or unscored):
+        rules_only = set(changed) <= set(TRANSCRIPT_RULES)
+        if changed and (not rules_only or unscored):
             why = (f"; {len(unscored)} of its lines were written before thoughts were kept with their scores, so "
-                   "they cannot be re-synthesised" if unscored and set(changed) <= set(TRANSCRIPT_RULES) else "")
+                   "they cannot be re-synthesised" if unscored and rules_only else "")
             raise SynthesisError(
                 f"{out_dir / PROGRESS_FILE} holds {len(done)} problem(s) built with other sft.synthesis settings "
                 f"({', '.join(changed)} changed){why}: restore them, or delete that file to start the cold start "
@@ -286,9 +288,7 @@ def resynthesise(done: dict[str, dict], settings: SynthesisColdstartConfig, prog
         return list(await asyncio.gather(*(redo(row) for row in done.values())))
 
     rows = asyncio.run(redo_all())
-    tmp = progress_path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    tmp.replace(progress_path)
+    write_records(rows, progress_path)
     done.update((row["id"], row) for row in rows)
 
 
