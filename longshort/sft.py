@@ -307,6 +307,7 @@ def run_sft(model, tokenizer, agent: Agent, transcripts: Sequence[dict], config:
                 if on_step is not None:
                     on_step(metrics)
             _save_atomically(final, lambda path: _save_pretrained(model, tokenizer, path))
+        _remove_checkpoints(out)  # a finished run loads ``final``, never its checkpoint (weights + AdamW: 12 B/param)
     finally:
         if checkpointing:
             _set_checkpointing(model, False)
@@ -367,8 +368,13 @@ def _save_checkpoint(out: Path, step: int, model, tokenizer, optimizer, schedule
                     "scheduler": scheduler.state_dict(), "rng": rng}, path / STATE_FILE)
 
     _save_atomically(out / f"checkpoint-{step}", write)
+    _remove_checkpoints(out, keep=f"checkpoint-{step}")
+
+
+def _remove_checkpoints(out: Path, keep: str | None = None) -> None:
+    """Delete the resume checkpoints in ``out`` other than ``keep``: only the newest can be resumed from."""
     for old in out.glob("checkpoint-*"):
-        if old.name != f"checkpoint-{step}":
+        if old.name != keep:
             shutil.rmtree(old, ignore_errors=True)
 
 

@@ -225,6 +225,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
         run_sft(model, tokenizer, agent, records, config, tmp_path / "resumed", seed=0, on_step=interrupt,
                 progress=False)
     assert [p.name for p in (tmp_path / "resumed").glob("checkpoint-*")] == ["checkpoint-4"]
+    with pytest.raises(ValueError, match="different SFT run"):
+        run_sft(tiny_model()[0], tokenizer, agent, records, dataclasses.replace(config, lr=1e-3),
+                tmp_path / "resumed", seed=0, progress=False)
     fresh, tokenizer = tiny_model()
     final = run_sft(fresh, tokenizer, agent, records, config, tmp_path / "resumed", seed=0, progress=False)
     for (name, a), (_, b) in zip(reference.state_dict().items(), fresh.state_dict().items()):
@@ -237,10 +240,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
     again, _ = tiny_model()
     assert run_sft(again, tokenizer, agent, records, config, tmp_path / "resumed", seed=0, progress=False) == final
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), fresh.state_dict().values()))
-    with pytest.raises(ValueError, match="different SFT run"):
-        (final / "config.json").unlink()
-        run_sft(again, tokenizer, agent, records, dataclasses.replace(config, lr=1e-3),
-                tmp_path / "resumed", seed=0, progress=False)
+    assert not list((tmp_path / "resumed").glob("checkpoint-*"))  # the finished run keeps its final weights only
 
 
 def test_gradient_accumulation_matches_one_large_batch(tmp_path):
