@@ -332,11 +332,11 @@ def test_a_full_disk_while_saving_keeps_the_last_checkpoint_and_says_how_to_resu
     trainer = trainer_for(make_config(steps=3, save_every=1), tmp_path)
     real_save, saves = Policy.save, []
 
-    def disk_fills_at_the_second_save(policy, directory):
+    def disk_fills_at_the_second_save(policy, directory, **kwargs):
         saves.append(directory)
         if len(saves) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(policy, directory)
+        return real_save(policy, directory, **kwargs)
 
     monkeypatch.setattr(Policy, "save", disk_fills_at_the_second_save)
     with pytest.raises(UserError, match="step-2 checkpoint") as err:
@@ -351,6 +351,7 @@ def test_a_full_disk_while_saving_keeps_the_last_checkpoint_and_says_how_to_resu
 def test_a_finished_run_started_again_does_nothing(tmp_path):
     config = make_config(steps=2)
     first = trainer_for(config, tmp_path).train()
+    assert not list(tmp_path.rglob("optimizer.pt"))  # the last checkpoint keeps weights only
     again = trainer_for(config, tmp_path)
     assert again.train() == first
     assert len(read_metrics(tmp_path)) == 2

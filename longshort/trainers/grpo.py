@@ -293,7 +293,7 @@ class GRPOTrainer:
                  "run_key": json.dumps(self.run_key, sort_keys=True)}
         try:
             for role, policy in self.policies.items():
-                policy.save(tmp / role)
+                policy.save(tmp / role, optimizer=step < self.config.trainer.steps)
             torch.save(state, tmp / "trainer_state.pt")
             (tmp / "state.json").write_text(json.dumps(
                 {key: state[key] for key in ("step", "data_cursor", "trained_next")}) + "\n")

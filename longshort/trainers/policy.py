@@ -251,19 +251,22 @@ class Policy:
                 p.copy_(m)
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path, *, optimizer: bool = True) -> None:
         """The model in HF format with the fp32 master weights (loadable by ``load_model``), the
-        tokenizer, and the optimiser and schedule state."""
+        tokenizer, and (``optimizer``) the optimiser and schedule state. A run's last checkpoint goes
+        without: nothing resumes from it (another ``trainer.steps`` is another run), and AdamW's states
+        are twice the master weights."""
         directory.mkdir(parents=True, exist_ok=True)
         master = {p.data_ptr(): m.detach() for p, m in zip(self.params, self.master)}  # tied keys share a pointer
         state = {name: master.get(tensor.data_ptr(), tensor) for name, tensor in self.model.state_dict().items()}
         self.model.save_pretrained(directory, state_dict=state)
         self.tokenizer.save_pretrained(directory)
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                   directory / "optimizer.pt")
+        if optimizer:
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                       directory / "optimizer.pt")
 
     def load(self, directory: Path) -> None:
-        """Restore what ``save`` wrote: master and model weights, optimiser and schedule."""
+        """Restore what ``save`` wrote: master and model weights, optimiser and schedule (if saved)."""
         weights: dict[str, Tensor] = {}
         for shard in sorted(directory.glob("model*.safetensors")):  # one file, or shards of a big model
             weights.update(load_file(shard, device=str(self.device)))
@@ -274,6 +277,8 @@ class Policy:
             for p, m in zip(self.params, self.master):
                 m.copy_(weights[next(name for name in names[p.data_ptr()] if name in weights)])
         self._write_back()
+        if not (directory / "optimizer.pt").is_file():
+            return
         state = torch.load(directory / "optimizer.pt", map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
