@@ -10,41 +10,52 @@ untrained SmolLM2 ends most Long-Short episodes at its first turn (no tags), whi
 update trivially small, so by default the episodes run all ``env.max_turns`` turns whatever the model
 writes (``forced_turns.py``): sequences as long as a fine-tuned model's (~600 tokens).
 
-One rollout is made, then both agents' updates run on the same samples, alternately with
+One rollout makes the samples every side trains on. Each side then runs in a process of its own (a
+heap shaped by another side's buffers would blur its peak), as the trainer runs it: a warm-up update
+(AdamW allocates its states), then one RL step, a rollout and the update on the shared samples, each
+with its own peak. The sides:
 
-- ``before``: the update's forward as it was (``full_vocab_logprobs`` below, kept verbatim as the
-  baseline): every row through the whole model, logits of every position from the first action
-  token on, in fp32, for the whole micro-batch at once;
-- ``after``: ``Policy.logprobs`` (shared prefix, logits at action tokens only, chunked log-softmax);
+- ``before``: the update as it was, reconstructed in this script (``use_the_update_as_it_was``): its
+  forward is ``full_vocab_logprobs`` below (kept verbatim): every row through the whole model, logits
+  of every position from the first action token on, in fp32, for the whole micro-batch at once; the
+  bf16 gradients of the whole model were moved into the fp32 master gradients after each backward
+  pass, and those stayed allocated after the optimiser step;
+- ``after``: ``Policy.logprobs`` (shared prefix, logits at action tokens only, chunked log-softmax),
+  each bf16 gradient moved into its master as the backward pass makes it, gradients dropped once applied;
 - ``rows``: the same with ``trainer.gradient_checkpointing`` (each row's rest checkpointed by itself,
   the shared prefix run once), the setting that trades one more forward pass for memory.
 
-Peaks are taken per phase: the kernel's resident-set high-water mark is reset (``/proc/self/clear_refs``)
-after freed heap memory is returned (``longshort.memory``), so each number is the phase's own peak
-(process baseline included: weights, optimiser states). Every update moves the weights a little;
-the order after-warm-up, then before, after, rows repeated, keeps the sides comparable.
+Peaks: the kernel's resident-set high-water mark is reset (``/proc/self/clear_refs``) after freed heap
+memory is returned (``longshort.memory``), so each number is the phase's own peak, process baseline
+included (weights, master weights, optimiser states). The step's peak is the larger of the two.
 
     python benchmarks/rl_step_memory.py                  # SmolLM2-135M, micro-batch 8
     python benchmarks/rl_step_memory.py --micro-batch 16
-    python benchmarks/rl_step_memory.py --sides after,rows --repeats 1
+    python benchmarks/rl_step_memory.py --sides after,rows
     python benchmarks/rl_step_memory.py --tiny           # seconds: tiny random models, smoke test
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
 from longshort.algos import entropy_from_logits
 from longshort.config import load_config
+from longshort.episode import TrainingSample
 from longshort.memory import release_freed_memory
 from longshort.models import tiny_model
 from longshort.data.synthetic import synthetic_problems
 from longshort.trainers.grpo import GRPOTrainer
+from longshort.trainers import policy as policy_module
 from longshort.trainers.policy import Policy
 
 import forced_turns  # noqa: F401  (benchmarks/, beside this script: registers env long_short_forced)
@@ -64,6 +75,31 @@ def full_vocab_logprobs(self, batch, *, reference=False, with_entropy=False):
         with torch.no_grad():
             entropy = entropy_from_logits(logits.detach())
     return logprobs, entropy
+
+
+def use_the_update_as_it_was(policies) -> None:
+    """Put the old update back in this process: the full-vocabulary forward, the bf16 gradients of the
+    whole model kept until the backward pass ends and only then moved into the fp32 master gradients,
+    and those kept after the optimiser step until the next update clears them."""
+    current_step, backward = Policy.step, torch.Tensor.backward
+    policy_module._into_master = lambda master, param: None  # read when a Policy registers its hooks
+
+    def backward_then_move(tensor, *args, **kwargs):
+        backward(tensor, *args, **kwargs)
+        for policy in policies():
+            for p, m in zip(policy.params, policy.master):
+                if p.grad is not None and p is not m:
+                    m.grad = p.grad.float() if m.grad is None else m.grad.add_(p.grad)
+                    p.grad = None
+
+    def step_keeping_grads(self):
+        kept = [m.grad for m in self.master]
+        norm = current_step(self)
+        for m, grad in zip(self.master, kept):
+            m.grad = grad
+        return norm
+
+    Policy.logprobs, Policy.step, torch.Tensor.backward = full_vocab_logprobs, step_keeping_grads, backward_then_move
 
 
 def _status_kib(field: str) -> int:
@@ -89,16 +125,12 @@ def peak(result: dict):
         result["cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny random models (smoke test)")
-    parser.add_argument("--micro-batch", type=int, default=8)
-    parser.add_argument("--real-env", action="store_true", help="the real long_short env (short episodes)")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating measured updates of each side")
-    parser.add_argument("--sides", default="before,after,rows", help="which updates to measure, comma-separated")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+SIDES = ("before", "after", "rows")
+RESULT = "RESULT "  # the line a side's process reports its numbers on
 
+
+def trainer_for(args, out: str) -> GRPOTrainer:
+    """The tiny recipe's trainer, both agents trained; the same weights in every process."""
     overrides = ["trainer.schedule=joint", f"trainer.micro_batch_size={args.micro_batch}", "trainer.steps=100",
                  "agents.long.model.device=" + args.device, "agents.short.model.device=" + args.device]
     if not args.real_env:
@@ -109,59 +141,98 @@ def main() -> None:
         model, tokenizer = tiny_model(seed=0)
         models = {"long": (model, tokenizer), "short": (tiny_model(seed=1)[0], tokenizer)}
     problems = synthetic_problems(64, min_steps=1, max_steps=3, seed=0)
+    return GRPOTrainer(config, problems, out, models, save_episodes=False, progress=False)
+
+
+def rollout(trainer: GRPOTrainer, result: dict) -> dict[str, list[TrainingSample]]:
+    """One rollout of the recipe's problems per step (its seconds and peak into ``result``); each agent's samples."""
+    with peak(result):
+        groups = trainer.runner.run(trainer.stream.take(trainer.config.rollout.problems_per_step),
+                                    trainer.config.rollout.group_size)
+    return {role: trainer.samples(groups, role) for role in trainer.policies}
+
+
+def update(trainer: GRPOTrainer, side: str, samples: dict[str, list[TrainingSample]], result: dict) -> None:
+    """Both agents' updates on ``samples`` the way ``side`` made them; seconds, peak and losses into ``result``."""
+    with peak(result):
+        for role, policy in trainer.policies.items():
+            policy.config = dataclasses.replace(policy.config, gradient_checkpointing=side == "rows")
+            result[role] = trainer.update(policy, samples[role])["policy_loss"]
+
+
+def run_side(args) -> None:
+    """One side in this process: warm-up update, then a measured rollout and update; prints its RESULT line."""
+    samples = {role: [TrainingSample(**row) for row in rows]
+               for role, rows in json.loads(Path(args.samples).read_text()).items()}
+    trainer = None
+    if args.side == "before":  # this process runs one side only, so the old code stays in for its life
+        use_the_update_as_it_was(lambda: trainer.policies.values())
     with tempfile.TemporaryDirectory() as out:
-        trainer = GRPOTrainer(config, problems, out, models, save_episodes=False, progress=False)
-        rollout: dict = {}
-        with peak(rollout):
-            groups = trainer.runner.run(trainer.stream.take(config.rollout.problems_per_step), config.rollout.group_size)
-        samples = {role: trainer.samples(groups, role) for role in trainer.policies}
+        trainer = trainer_for(args, out)
+        warm_up: dict = {}
+        update(trainer, args.side, samples, warm_up)  # AdamW allocates its states at the first step
+        result: dict = {"side": args.side, "rollout": {}, "first_losses": [warm_up["long"], warm_up["short"]]}
+        rollout(trainer, result["rollout"])
+        update(trainer, args.side, samples, result)
+    print(RESULT + json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny random models (smoke test)")
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--real-env", action="store_true", help="the real long_short env (short episodes)")
+    parser.add_argument("--sides", default=",".join(SIDES), help="which updates to measure, comma-separated")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: run one side
+    parser.add_argument("--samples", help=argparse.SUPPRESS)  # internal: the shared samples (JSON)
+    args = parser.parse_args()
+    if args.side:
+        return run_side(args)
+    sides = args.sides.split(",")
+    unknown = set(sides) - set(SIDES)
+    if unknown:
+        parser.error(f"unknown side(s) {sorted(unknown)}: choose from {', '.join(SIDES)}")
+
+    with tempfile.TemporaryDirectory() as out:
+        trainer = trainer_for(args, out)
+        first: dict = {}
+        samples = rollout(trainer, first)
         lengths = [len(s.input_ids) for role in samples for s in samples[role]]
         print(f"model={'tiny' if args.tiny else 'smollm2-135m'} dtype={next(trainer.policies['long'].model.parameters()).dtype} "
               f"device={args.device} micro-batch={args.micro_batch} threads={torch.get_num_threads()} "
-              f"env={config.env.name}: {len(lengths)} samples of {min(lengths)}-{max(lengths)} tokens "
+              f"env={trainer.config.env.name}: {len(lengths)} samples of {min(lengths)}-{max(lengths)} tokens "
               f"(mean {sum(lengths) / len(lengths):.0f}), trained: "
-              + ", ".join(f"{role} {sum(s.advantage != 0 for s in samples[role])}" for role in samples))
-        print(f"rollout: {rollout['seconds']:.1f} s, peak RSS {rollout['rss_gib']:.2f} GiB"
-              + (f", CUDA {rollout['cuda_gib']:.2f} GiB" if "cuda_gib" in rollout else ""))
+              + ", ".join(f"{role} {sum(s.advantage != 0 for s in samples[role])}" for role in samples), flush=True)
+        del trainer
+        path = Path(out) / "samples.json"
+        path.write_text(json.dumps({role: [dataclasses.asdict(s) for s in rows] for role, rows in samples.items()}))
+        passed = [f"--micro-batch={args.micro_batch}", f"--device={args.device}"]
+        passed += ["--tiny"] * args.tiny + ["--real-env"] * args.real_env
+        runs = []
+        for side in sides:
+            command = [sys.executable, __file__, *passed, "--side", side, "--samples", str(path)]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            runs.append(json.loads(next(line for line in output.splitlines() if line.startswith(RESULT))[len(RESULT):]))
+            print(f"  {side}: done", flush=True)
 
-        original = Policy.logprobs
-        sides = args.sides.split(",")
-        unknown = set(sides) - {"before", "after", "rows"}
-        if unknown:
-            parser.error(f"unknown side(s) {sorted(unknown)}: choose from before, after, rows")
-
-        def update(side: str) -> dict:
-            Policy.logprobs = full_vocab_logprobs if side == "before" else original
-            result: dict = {"side": side}
-            try:
-                with peak(result):
-                    for role, policy in trainer.policies.items():
-                        policy.config = dataclasses.replace(policy.config, gradient_checkpointing=side == "rows")
-                        result[role] = trainer.update(policy, samples[role])["policy_loss"]
-            finally:
-                Policy.logprobs = original
-            return result
-
-        update("after")  # warm-up: AdamW allocates its states at the first step
-        runs = [update(side) for _ in range(args.repeats) for side in sides]
-
-    print(f"\n{'update':>7} {'seconds':>8} {'RSS at start':>13} {'peak RSS GiB':>13} {'CUDA GiB':>9}   "
-          f"share of step (rollout {rollout['seconds']:.1f} s)")
-    best = {}
+    print(f"\n{'side':>7} {'rollout s':>9} {'update s':>9} {'RSS at start':>13} {'rollout peak':>13} "
+          f"{'update peak':>12} {'step peak GiB':>14} {'CUDA GiB':>9}   update share of step")
     for run in runs:
-        print(f"{run['side']:>7} {run['seconds']:8.1f} {run['base_gib']:13.2f} {run['rss_gib']:13.2f} {run.get('cuda_gib', float('nan')):9.2f}"
-              f"   {run['seconds'] / (run['seconds'] + rollout['seconds']):.0%}")
-        side = best.setdefault(run["side"], run)
-        if run["rss_gib"] < side["rss_gib"]:
-            best[run["side"]] = run
-    fastest = {side: min(r["seconds"] for r in runs if r["side"] == side) for side in best}
+        run["step_gib"] = max(run["rss_gib"], run["rollout"]["rss_gib"])
+        cuda = max(run.get("cuda_gib", float("nan")), run["rollout"].get("cuda_gib", float("nan")))
+        print(f"{run['side']:>7} {run['rollout']['seconds']:9.1f} {run['seconds']:9.1f} {run['base_gib']:13.2f} "
+              f"{run['rollout']['rss_gib']:13.2f} {run['rss_gib']:12.2f} {run['step_gib']:14.2f} {cuda:9.2f}   "
+              f"{run['seconds'] / (run['seconds'] + run['rollout']['seconds']):.0%}")
+    best = {run["side"]: run for run in runs}
     print()
     for new, old in (("after", "before"), ("rows", "before"), ("rows", "after")):
         if new in best and old in best:
             a, b = best[new], best[old]
-            print(f"{new}/{old}: peak RSS {a['rss_gib'] / b['rss_gib']:.2f}x, above the RSS at start "
-                  f"{(a['rss_gib'] - a['base_gib']) / (b['rss_gib'] - b['base_gib']):.2f}x, "
-                  f"update time {fastest[new] / fastest[old]:.2f}x"
+            print(f"{new}/{old}: step peak RSS {a['step_gib'] / b['step_gib']:.2f}x, update peak "
+                  f"{a['rss_gib'] / b['rss_gib']:.2f}x, update time {a['seconds'] / b['seconds']:.2f}x, "
+                  f"first update's losses (same weights, same samples) long {a['first_losses'][0]:.6f} vs "
+                  f"{b['first_losses'][0]:.6f}, short {a['first_losses'][1]:.6f} vs {b['first_losses'][1]:.6f}"
                   + (f", CUDA peak {a['cuda_gib'] / b['cuda_gib']:.2f}x" if "cuda_gib" in a else ""))
 
 
