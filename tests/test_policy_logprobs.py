@@ -3,7 +3,6 @@ the log-probabilities, entropies, loss and gradients of the plain computation: e
 the whole model and the full-vocabulary logits of the micro-batch log-softmaxed at once."""
 from __future__ import annotations
 
-import copy
 import random
 
 import pytest
@@ -102,36 +101,3 @@ def test_row_checkpointing_recomputes_each_row_once_and_the_prefix_never(shared)
     # forward: the prefix once (a batch of one), then every row alone and without its padding
     assert forward == ([(1, batch.shared)] if shared else []) + [(1, n) for n in lengths]
     assert rows[len(forward):] == [(1, n) for n in reversed(lengths)]  # backward: each row again, never the prefix
-
-
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_bf16_gradients_go_into_the_fp32_masters_as_the_backward_pass_makes_them(checkpointing):
-    """A bf16 model's gradients are moved into the fp32 master gradients by a hook during each backward
-    pass (the model's own are never all alive): after two micro-batches the masters hold exactly the
-    sum of both passes' bf16 gradients, each in the right master, and the model holds none."""
-    model, tokenizer = tiny_model(seed=1)
-    model.to(torch.bfloat16)
-    reference_model = copy.deepcopy(model)
-    policies = [Policy("long", m, tokenizer, TrainerConfig(gradient_checkpointing=checkpointing),
-                       temperature=TEMPERATURE, optimizer_steps=1) for m in (model, reference_model)]
-    samples = _samples(len(tokenizer), shared=20, rows=6)
-    batches = [MicroBatch.collate(samples[i::2], policies[0].pad_id, policies[0].device) for i in (0, 1)]
-
-    def loss(policy: Policy, batch: MicroBatch) -> torch.Tensor:
-        logprobs, _ = policy.logprobs(batch)
-        return ppo_clip_loss(logprobs, batch.old_logprobs, batch.advantages, batch.action_mask, clip_eps=0.2,
-                             normalizer=float(batch.action_mask.sum())).loss
-
-    hooked, reference = policies
-    hooked.train_mode()
-    reference.train_mode()
-    for batch in batches:
-        loss(hooked, batch).backward()
-        assert all(p.grad is None for p in hooked.params)
-    expected = [torch.zeros_like(m) for m in reference.master]
-    for batch in batches:  # autograd.grad returns the bf16 gradients without accumulating (no hook runs)
-        for total, grad in zip(expected, torch.autograd.grad(loss(reference, batch), reference.params)):
-            total += grad.float()
-    assert all(m.grad.dtype == torch.float32 for m in hooked.master)
-    for master, total in zip(hooked.master, expected, strict=True):
-        assert torch.equal(master.grad, total)

@@ -250,6 +250,7 @@ class GRPOTrainer:
                                           clip_eps=tc.clip_eps, normalizer=max(total_tokens, 1), ref_logprobs=ref,
                                           kl_coef=tc.kl_coef, kl_estimator=tc.kl_estimator)
                     terms.loss.backward()
+                    policy.accumulate_grads()
                     sums["policy_loss"] += float(terms.policy_loss)
                     sums["kl"] += float(terms.kl)
                     sums["clipped"] += float(terms.clipped_tokens)

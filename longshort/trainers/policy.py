@@ -2,10 +2,9 @@
 
 Precision: the model computes in the dtype it was loaded in (``agents.<role>.model.dtype``; ``auto``
 picks bf16 where the hardware runs it natively), and the optimiser always updates fp32 **master
-weights**. For a bf16 model the master copy lives here: each bf16 gradient is added into its fp32
-master gradient as soon as the backward pass has produced it (a post-accumulate hook, so the bf16
-gradients of the whole model are never alive at once), AdamW steps the master weights, and the
-result is cast back into the model's own parameters in place. Why not fp32 weights under ``torch.autocast``: the rollout engine
+weights**. For a bf16 model the master copy lives here: each micro-batch's bf16 gradients are added
+into fp32 master gradients, AdamW steps the master weights, and the result is cast back into the
+model's own parameters in place. Why not fp32 weights under ``torch.autocast``: the rollout engine
 decodes with this same model object in its own worker thread, where autocast (thread-local) does
 not reach, so rollouts would run in fp32 at half the speed (and casting every weight at every
 decode step costs as much again). Why keep fp32 masters at all: a bf16 weight has 8 bits of
@@ -39,7 +38,6 @@ log-softmax) in ``tests/test_policy_logprobs.py`` for equal log-probabilities, l
 from __future__ import annotations
 
 import copy
-import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,9 +133,6 @@ class Policy:
         mixed = any(p.dtype != torch.float32 for p in self.params)
         self.master = ([p.detach().float().clone().requires_grad_(True) for p in self.params] if mixed
                        else self.params)
-        if mixed:
-            for p, m in zip(self.params, self.master):
-                p.register_post_accumulate_grad_hook(functools.partial(_into_master, m))
         self.optimizer = adamw(self.master, config.lr)
         self.scheduler = cosine_schedule(self.optimizer, optimizer_steps, config.warmup_ratio)
 
@@ -210,6 +205,15 @@ class Policy:
         for p in self.params:
             p.grad = None
 
+    def accumulate_grads(self) -> None:
+        """Move the model's low-precision gradients into the fp32 master gradients (after each backward)."""
+        if self.master is self.params:
+            return
+        for p, m in zip(self.params, self.master):
+            if p.grad is not None:
+                m.grad = p.grad.float() if m.grad is None else m.grad.add_(p.grad)
+                p.grad = None
+
     def step(self) -> float:
         """Clip, step AdamW and the schedule, write the master weights back; returns the gradient norm.
 
@@ -278,12 +282,6 @@ class Policy:
         state = torch.load(directory / "optimizer.pt", map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-
-
-def _into_master(master: Tensor, param: Tensor) -> None:
-    """Move ``param``'s low-precision gradient of this backward pass into its fp32 master gradient."""
-    master.grad = param.grad.float() if master.grad is None else master.grad.add_(param.grad)
-    param.grad = None
 
 
 def _row_hidden(decoder, ids: Tensor, *prefix: Tensor) -> Tensor:
