@@ -17,11 +17,10 @@ with its own peak. The sides:
 
 - ``before``: the update as it was, reconstructed in this script (``use_the_update_as_it_was``): its
   forward is ``full_vocab_logprobs`` below (kept verbatim): every row through the whole model, logits
-  of every position from the first action token on, in fp32, for the whole micro-batch at once; the
-  bf16 gradients of the whole model were moved into the fp32 master gradients after each backward
-  pass, and those stayed allocated after the optimiser step;
+  of every position from the first action token on, in fp32, for the whole micro-batch at once; and
+  the fp32 master gradients stayed allocated after the optimiser step;
 - ``after``: ``Policy.logprobs`` (shared prefix, logits at action tokens only, chunked log-softmax),
-  each bf16 gradient moved into its master as the backward pass makes it, gradients dropped once applied;
+  gradients dropped once applied;
 - ``rows``: the same with ``trainer.gradient_checkpointing`` (each row's rest checkpointed by itself,
   the shared prefix run once), the setting that trades one more forward pass for memory.
 
@@ -55,7 +54,6 @@ from longshort.memory import release_freed_memory
 from longshort.models import tiny_model
 from longshort.data.synthetic import synthetic_problems
 from longshort.trainers.grpo import GRPOTrainer
-from longshort.trainers import policy as policy_module
 from longshort.trainers.policy import Policy
 
 import forced_turns  # noqa: F401  (benchmarks/, beside this script: registers env long_short_forced)
@@ -77,20 +75,10 @@ def full_vocab_logprobs(self, batch, *, reference=False, with_entropy=False):
     return logprobs, entropy
 
 
-def use_the_update_as_it_was(policies) -> None:
-    """Put the old update back in this process: the full-vocabulary forward, the bf16 gradients of the
-    whole model kept until the backward pass ends and only then moved into the fp32 master gradients,
-    and those kept after the optimiser step until the next update clears them."""
-    current_step, backward = Policy.step, torch.Tensor.backward
-    policy_module._into_master = lambda master, param: None  # read when a Policy registers its hooks
-
-    def backward_then_move(tensor, *args, **kwargs):
-        backward(tensor, *args, **kwargs)
-        for policy in policies():
-            for p, m in zip(policy.params, policy.master):
-                if p.grad is not None and p is not m:
-                    m.grad = p.grad.float() if m.grad is None else m.grad.add_(p.grad)
-                    p.grad = None
+def use_the_update_as_it_was() -> None:
+    """Put the old update back in this process: the full-vocabulary forward, and the fp32 master
+    gradients kept after the optimiser step until the next update clears them."""
+    current_step = Policy.step
 
     def step_keeping_grads(self):
         kept = [m.grad for m in self.master]
@@ -99,7 +87,7 @@ def use_the_update_as_it_was(policies) -> None:
             m.grad = grad
         return norm
 
-    Policy.logprobs, Policy.step, torch.Tensor.backward = full_vocab_logprobs, step_keeping_grads, backward_then_move
+    Policy.logprobs, Policy.step = full_vocab_logprobs, step_keeping_grads
 
 
 def _status_kib(field: str) -> int:
@@ -164,9 +152,8 @@ def run_side(args) -> None:
     """One side in this process: warm-up update, then a measured rollout and update; prints its RESULT line."""
     samples = {role: [TrainingSample(**row) for row in rows]
                for role, rows in json.loads(Path(args.samples).read_text()).items()}
-    trainer = None
     if args.side == "before":  # this process runs one side only, so the old code stays in for its life
-        use_the_update_as_it_was(lambda: trainer.policies.values())
+        use_the_update_as_it_was()
     with tempfile.TemporaryDirectory() as out:
         trainer = trainer_for(args, out)
         warm_up: dict = {}
