@@ -190,9 +190,14 @@ def write_coldstart(problems: Iterable[Problem], out_dir: str | Path, seed: int,
         raise ColdStartError("no cold-start transcripts could be built: the problems carry no gold solution "
                              "steps (meta['steps']) or written solution (meta['solution']); use "
                              "sft.coldstart=synthesis (a teacher's chains) or problems with solutions")
+    return _write_per_role(records, roles, Path(out_dir))
+
+
+def _write_per_role(records: Sequence[dict], roles: Sequence[str], out_dir: Path) -> dict[str, Path]:
+    """``<role>.jsonl`` per agent: the transcripts it acts in, each tagged with ``role``; role -> path."""
     return {role: write_records([{**record, "role": role} for record in records
-                                  if any(turn["role"] == role for turn in record["turns"])],
-                                 Path(out_dir) / f"{role}.jsonl") for role in roles}
+                                 if any(turn["role"] == role for turn in record["turns"])],
+                                out_dir / f"{role}.jsonl") for role in roles}
 
 
 def write_records(records: Sequence[dict], path: Path) -> Path:
@@ -238,9 +243,7 @@ def synthesis_coldstart(config: Config, problems: Sequence[Problem], out_dir: Pa
     renamed = {"long": roles[0], "short": roles[1]}
     records = [{**t, "plan": "synthesis", "turns": [{**turn, "role": renamed[turn["role"]]} for turn in t["turns"]]}
                for t in transcripts]
-    return {role: write_records([{**record, "role": role} for record in records
-                                  if any(turn["role"] == role for turn in record["turns"])],
-                                 Path(out_dir) / f"{role}.jsonl") for role in roles}
+    return _write_per_role(records, roles, Path(out_dir))
 
 
 @COLDSTART.register("entropy_skip")
