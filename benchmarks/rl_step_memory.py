@@ -183,8 +183,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as out:
         trainer = trainer_for(args, out)
-        first: dict = {}
-        samples = rollout(trainer, first)
+        samples = rollout(trainer, {})
         lengths = [len(s.input_ids) for role in samples for s in samples[role]]
         print(f"model={'tiny' if args.tiny else 'smollm2-135m'} dtype={next(trainer.policies['long'].model.parameters()).dtype} "
               f"device={args.device} micro-batch={args.micro_batch} threads={torch.get_num_threads()} "
@@ -211,11 +210,11 @@ def main() -> None:
         print(f"{run['side']:>7} {run['rollout']['seconds']:9.1f} {run['seconds']:9.1f} {run['base_gib']:13.2f} "
               f"{run['rollout']['rss_gib']:13.2f} {run['rss_gib']:12.2f} {run['step_gib']:14.2f} {cuda:9.2f}   "
               f"{run['seconds'] / (run['seconds'] + run['rollout']['seconds']):.0%}")
-    best = {run["side"]: run for run in runs}
+    by_side = {run["side"]: run for run in runs}
     print()
     for new, old in (("after", "before"), ("rows", "before"), ("rows", "after")):
-        if new in best and old in best:
-            a, b = best[new], best[old]
+        if new in by_side and old in by_side:
+            a, b = by_side[new], by_side[old]
             print(f"{new}/{old}: step peak RSS {a['step_gib'] / b['step_gib']:.2f}x, update peak "
                   f"{a['rss_gib'] / b['rss_gib']:.2f}x, update time {a['seconds'] / b['seconds']:.2f}x, "
                   f"first update's losses (same weights, same samples) long {a['first_losses'][0]:.6f} vs "
