@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,34 @@ def test_table_specs_fail_in_one_line_with_the_fix(capsys):
         parse_table({**base, **analyses, "rows": [{"label": "r", "analysis": "e", "score": "summ"}]})
     assert reproduce.main(["table=paper", "bogus"]) == 2
     assert "unknown argument 'bogus'" in capsys.readouterr().err
+
+
+def test_timings_count_a_command_killed_midway_and_add_its_resumed_attempt(tiny_dir, tmp_path):
+    path = toy_tiny_spec(tiny_dir, tmp_path / "table")
+    spec = load_table(str(path))
+    timings = tmp_path / "table" / "timings.json"
+    seen_while_running: list[float] = []
+
+    def killed_inside_the_first_command(command, layout):
+        deadline = time.perf_counter() + 5.0
+        while not timings.is_file() and time.perf_counter() < deadline:  # the flush thread writes it meanwhile
+            time.sleep(0.01)
+        seen_while_running.append(json.loads(timings.read_text())[command.key])
+        time.sleep(0.2)
+        raise KeyboardInterrupt  # no marker: the table would run this command again
+
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.run_table(spec, tmp_path / "table", runner=killed_inside_the_first_command, timings_every=0.02)
+    first = json.loads(timings.read_text())["train_longcot"]
+    assert 0 <= seen_while_running[0] < first and first >= 0.2
+    assert not list((tmp_path / "table").glob("steps/*.done"))
+
+    def finishes_quickly_then_stops(command, layout):
+        time.sleep(0.3)
+        if command.key != "train_longcot":
+            raise KeyboardInterrupt
+        return 0.3
+
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.run_table(spec, tmp_path / "table", runner=finishes_quickly_then_stops, timings_every=60)
+    assert json.loads(timings.read_text())["train_longcot"] >= first + 0.25  # both attempts are counted

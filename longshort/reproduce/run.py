@@ -14,7 +14,9 @@ kill inside it redoes its entropy pass and answers, not the chains. ``--dry-run`
 typo fails here, not hours later) and prints them all, marking those already done; it runs nothing.
 
 Commands run in this process one after another (``gc`` and ``malloc_trim`` between them), with
-``OMP``/torch threads as the caller set them; each one's wall time goes to ``timings.json``.
+``OMP``/torch threads as the caller set them; each one's wall time goes to ``timings.json``, summed over
+attempts and written every minute while it runs, so a table killed mid-command (a session's end, an
+out-of-memory kill) still says what it cost.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import json
 import re
 import shlex
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,12 +185,48 @@ def _release() -> None:
     release_freed_memory()
 
 
-def run_table(spec: TableSpec, out: Path, *, runner: Callable[[Command, Layout], float] = execute) -> Path:
+class Timings:
+    """``timings.json``: wall seconds per command key, summed over every attempt at it.
+
+    The command in flight is written every ``every`` seconds from a daemon thread, so a kill that no
+    handler sees (SIGKILL at a session's end) loses at most that much of the count; the work a resumed
+    command redoes after its last save is counted too, since the table did spend it.
+    """
+
+    def __init__(self, path: Path, every: float = 60.0):
+        self.path, self.every = path, every
+        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def _write(self, key: str, seconds: float) -> None:
+        self.seconds[key] = round(seconds, 1)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.seconds, indent=1) + "\n")
+        tmp.replace(self.path)  # a kill mid-write leaves the previous file, never half of one
+
+    def clock(self, key: str, work: Callable[[], float]) -> float:
+        """Run ``work`` with ``key``'s count running; returns what ``work`` returns."""
+        before, began, stop = self.seconds.get(key, 0.0), time.perf_counter(), threading.Event()
+
+        def flush() -> None:
+            while not stop.wait(self.every):
+                self._write(key, before + time.perf_counter() - began)
+
+        thread = threading.Thread(target=flush, name="timings", daemon=True)
+        thread.start()
+        try:
+            return work()
+        finally:
+            stop.set()
+            thread.join()
+            self._write(key, before + time.perf_counter() - began)
+
+
+def run_table(spec: TableSpec, out: Path, *, runner: Callable[[Command, Layout], float] = execute,
+              timings_every: float = 60.0) -> Path:
     """Run what is missing, then write the table; returns the path of ``table.md``."""
     layout = Layout(out)
     out.mkdir(parents=True, exist_ok=True)
-    timings_path = out / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    timings = Timings(out / "timings.json", every=timings_every)
     for command in plan(spec, out):
         marker = layout.marker(command)
         if marker.is_file():
@@ -195,10 +234,8 @@ def run_table(spec: TableSpec, out: Path, *, runner: Callable[[Command, Layout],
             continue
         console.rule(command.what)
         console.print(command.shell(), markup=False, highlight=False)
-        seconds = runner(command, layout)
+        seconds = timings.clock(command.key, lambda: runner(command, layout))
         _release()
-        timings[command.key] = round(timings.get(command.key, 0.0) + seconds, 1)
-        timings_path.write_text(json.dumps(timings, indent=1) + "\n")
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"command": command.shell(), "seconds": round(seconds, 1)}) + "\n")
     from longshort.reproduce.results import write_table
