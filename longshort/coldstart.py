@@ -48,6 +48,7 @@ from typing import Iterable, Sequence
 
 from agents.long_short import LongThoughtAgent, ShortThoughtAgent
 from longshort.errors import UserError
+from longshort.paths import write_atomically
 from longshort.config import Config
 from longshort.data import Problem
 from longshort.registry import COLDSTART
@@ -202,13 +203,12 @@ def _write_per_role(records: Sequence[dict], roles: Sequence[str], out_dir: Path
 
 def write_records(records: Sequence[dict], path: Path) -> Path:
     """``records`` as JSONL at ``path``, atomically (a kill leaves the old file or the new one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w") as handle:
-        for record in records:
-            handle.write(json.dumps(record) + "\n")
-    tmp.replace(path)
-    return path
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as handle:
+            for record in records:
+                handle.write(json.dumps(record) + "\n")
+
+    return write_atomically(path, write)
 
 
 @COLDSTART.register("long_short")

@@ -1,8 +1,11 @@
-"""Where longshort reads data and keeps caches; each location can be moved by an environment variable."""
+"""Where longshort reads data and keeps caches (each location can be moved by an environment variable),
+and how it writes what a kill must not leave half-written."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import Callable
 
 DATA_DIR_ENV = "LONGSHORT_DATA_DIR"
 CACHE_DIR_ENV = "LONGSHORT_CACHE_DIR"
@@ -25,3 +28,31 @@ def cache_dir() -> Path:
     path = Path(value).expanduser() if value else Path.home() / ".cache" / "longshort"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Make ``target`` (a file or a folder) by ``write(tmp)`` on a temporary path beside it, then one rename.
+
+    Resumable stages trust what they find on disk, so a kill mid-write must leave the previous ``target``
+    (or none), never half of one: a stale temporary path is cleared first, one that ``write`` fails on is
+    removed, and a folder being replaced goes just before the rename (a file is replaced by the rename).
+    """
+    tmp = target.with_name(f".{target.name}.tmp")
+    _remove(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write(tmp)
+    except BaseException:
+        _remove(tmp)
+        raise
+    if target.is_dir():
+        shutil.rmtree(target)
+    tmp.replace(target)
+    return target
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()

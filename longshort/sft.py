@@ -51,6 +51,7 @@ from longshort.engines.hf_cache import cache_kwarg, returned_cache
 from longshort.trainers.optim import adamw, cosine_schedule
 from longshort.memory import release_freed_memory
 from longshort.models import pick_dtype
+from longshort.paths import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -217,14 +218,6 @@ def _load_weights(model, folder: Path) -> None:
                            f"unexpected {unexpected[:5]}; pass the same base model the run started from")
 
 
-def _save_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-
-
 def _run_key(config: SFTConfig, seed: int, role: str, num_examples: int) -> dict:
     """What must match for a checkpoint to be resumed (anything else would silently change the run);
     ``save_every`` may change between attempts."""
@@ -306,7 +299,7 @@ def run_sft(model, tokenizer, agent: Agent, transcripts: Sequence[dict], config:
                     _save_checkpoint(out, step, model, tokenizer, optimizer, scheduler, key, device)
                 if on_step is not None:
                     on_step(metrics)
-            _save_atomically(final, lambda path: _save_pretrained(model, tokenizer, path))
+            write_atomically(final, lambda path: _save_pretrained(model, tokenizer, path))
         _remove_checkpoints(out)  # a finished run loads ``final``, never its checkpoint (weights + AdamW: 12 B/param)
     finally:
         if checkpointing:
@@ -367,7 +360,7 @@ def _save_checkpoint(out: Path, step: int, model, tokenizer, optimizer, schedule
         torch.save({"step": step, "key": key, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "rng": rng}, path / STATE_FILE)
 
-    _save_atomically(out / f"checkpoint-{step}", write)
+    write_atomically(out / f"checkpoint-{step}", write)
     _remove_checkpoints(out, keep=f"checkpoint-{step}")
 
 

@@ -36,6 +36,7 @@ from longshort.analysis.chains import Chain
 from longshort.analysis.pruning import KAPPAS, SCORES, STRATEGIES, Cell, answer_after_pruning, plot_pruning, summarise
 from longshort.data import Problem
 from longshort.engines.base import SamplingParams
+from longshort.paths import write_atomically
 from longshort.verify import Verifier
 
 logger = logging.getLogger(__name__)
@@ -92,10 +93,8 @@ def cached_chains(out: Path, key: dict) -> list[Chain] | None:
 
 
 def keep_chains(out: Path, key: dict, chains: Sequence[Chain]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (CHAINS_FILE + ".tmp")
-    tmp.write_text(json.dumps({"key": key, "chains": [asdict(c) for c in chains]}, ensure_ascii=False))
-    tmp.replace(out / CHAINS_FILE)
+    text = json.dumps({"key": key, "chains": [asdict(c) for c in chains]}, ensure_ascii=False)
+    write_atomically(out / CHAINS_FILE, lambda tmp: tmp.write_text(text))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,6 +36,7 @@ from typing import Callable
 from rich.console import Console
 
 from longshort.config import ConfigError, load_config
+from longshort.paths import write_atomically
 from longshort.reproduce.tables import HELDOUT, RowSpec, TableError, TableSpec, load_table
 
 console = Console(stderr=True)
@@ -199,9 +200,8 @@ class Timings:
 
     def _write(self, key: str, seconds: float) -> None:
         self.seconds[key] = round(seconds, 1)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.seconds, indent=1) + "\n")
-        tmp.replace(self.path)  # a kill mid-write leaves the previous file, never half of one
+        text = json.dumps(self.seconds, indent=1) + "\n"
+        write_atomically(self.path, lambda tmp: tmp.write_text(text))
 
     def clock(self, key: str, work: Callable[[], float]) -> float:
         """Run ``work`` with ``key``'s count running; returns what ``work`` returns."""

@@ -50,6 +50,7 @@ from longshort.errors import UserError
 from longshort.episode import Episode, TrainingSample, save_episodes
 from longshort.memory import release_freed_memory
 from longshort.models import load_configured, model_key
+from longshort.paths import write_atomically
 from longshort.rollout import build_runner
 from longshort.trainers.metrics import MetricsLogger, episode_metrics
 from longshort.trainers.policy import MicroBatch, Policy
@@ -282,23 +283,24 @@ class GRPOTrainer:
         """Write ``checkpoints/step_XXXX`` atomically (a temporary folder renamed into place), then
         remove older checkpoints: only the newest is needed to resume."""
         final = self.checkpoint_root / f"step_{step:04d}"
-        tmp = self.checkpoint_root / f".tmp_step_{step:04d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         state = {"step": step, "data_cursor": self.stream.cursor,
                  "trained_next": list(self.schedule.trained(step)) if step < self.config.trainer.steps else [],
                  "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                  "engine_rng": {role: engine.generator.get_state() for role, engine in self.engines.items()},
                  "run_key": json.dumps(self.run_key, sort_keys=True)}
-        try:
+
+        def write(tmp: Path) -> None:
+            tmp.mkdir()
             for role, policy in self.policies.items():
                 policy.save(tmp / role, optimizer=step < self.config.trainer.steps)
             torch.save(state, tmp / "trainer_state.pt")
             (tmp / "state.json").write_text(json.dumps(
                 {key: state[key] for key in ("step", "data_cursor", "trained_next")}) + "\n")
+
+        try:
+            write_atomically(final, write)
         except (OSError, RuntimeError) as err:  # torch reports a short write as RuntimeError
-            shutil.rmtree(tmp, ignore_errors=True)
             free = shutil.disk_usage(self.checkpoint_root).free
             if isinstance(err, RuntimeError) and free > LOW_DISK:
                 raise
@@ -309,8 +311,6 @@ class GRPOTrainer:
                 f"could not write the step-{step} checkpoint under {self.checkpoint_root} ({reason}); "
                 f"{free / 2**30:.1f} GiB free on that disk{size}. Free some space and run the same command "
                 f"again: it resumes from {previous.name if previous else 'the start of RL'}") from err
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
         for old in self.checkpoint_root.glob("step_*"):
             if old != final:
                 shutil.rmtree(old)
