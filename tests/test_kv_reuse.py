@@ -204,3 +204,38 @@ def test_a_policy_step_invalidates_the_engines_cached_keys(tiny):
     policy.step()
     policy.eval_mode()
     assert asyncio.run(answer(engine)) == asyncio.run(answer(HFEngine(model, tokenizer, kv_cache_budget=0)))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "longshort_decode"])
+def test_in_place_decode_cache_samples_as_transformers_cache_does(tiny, monkeypatch, attention):
+    """Decode steps write into a buffer with free positions (``decode_cache``) instead of ``torch.cat``:
+    with rows leaving the batch, session caches, shared openings and a buffer grown every 3 positions,
+    the same tokens and log-probs as transformers' ``DynamicCache``, under either attention."""
+    from transformers.cache_utils import DynamicCache
+
+    from longshort.engines import decode_cache, hf
+
+    model = tiny[0]
+    model.set_attn_implementation(attention)
+    monkeypatch.setattr(hf, "use_for_decoding", lambda model: model.config._attn_implementation == attention)
+    monkeypatch.setattr(decode_cache.GrowingLayer, "HEADROOM", 3)
+    calls = {"update": 0, "grown": 0}
+    for name in calls:
+        real = getattr(decode_cache.GrowingLayer, name if name == "update" else "_grown")
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(decode_cache.GrowingLayer, name if name == "update" else "_grown", counted)
+    grown, engine = _episodes(32768, tiny)
+    with monkeypatch.context() as patch:
+        patch.setattr(hf, "grow", lambda cache: cache)
+        patch.setattr(hf, "from_tensors", DynamicCache)
+        plain, _ = _episodes(32768, tiny)
+    assert engine.stats.reused_tokens > 0 and engine.stats.opening_tokens > 0
+    growths = calls["grown"] / 2  # a key and a value buffer per growth
+    assert 0 < growths < calls["update"]  # buffers grew, and the other steps wrote in place
+    assert [t.action_ids for t in _flat(grown)] == [t.action_ids for t in _flat(plain)]
+    for a, b in zip(_flat(grown), _flat(plain)):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)

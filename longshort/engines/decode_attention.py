@@ -4,7 +4,7 @@ At a decode step each row has one query; with grouped-query attention the query 
 key/value head are one ``[group, head_dim] x [head_dim, past]`` product. PyTorch's CPU SDPA runs this
 through its flash-attention kernel, which is blocked for long queries: in a torch-profiler trace of
 SmolLM2-135M in bf16 decoding 32 left-padded rows at 200-400 tokens of context, that kernel took 55% of
-the step. ``benchmarks/decode_attention.py`` measures the two side by side.
+the step. ``benchmarks/decode_step.py`` measures it against SDPA.
 
 Only decode steps under no gradient take this path (one query per row, ``torch.is_grad_enabled()``
 false); prefill, the cached prefill of a later turn and every training forward go to transformers'

@@ -27,7 +27,8 @@ one, keeps it (``kv_reuse.PrefixCache``) and places it in those rows' cache the 
 turn prefills only its question. With ``kv_cache_budget=0`` nothing is reused of either kind.
 
 On CPU a decode step's attention is computed by ``decode_attention`` (two small matmuls) instead of
-SDPA's flash kernel, which is built for long queries; prefill and training keep SDPA.
+SDPA's flash kernel, which is built for long queries; prefill and training keep SDPA. Decode steps
+append to the cache in place (``decode_cache``) instead of copying it with ``torch.cat``.
 """
 from __future__ import annotations
 
@@ -37,10 +38,11 @@ from dataclasses import dataclass, field
 from typing import Hashable
 
 import torch
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer
 
 from longshort.engines.base import Generation, SamplingParams
 from longshort.engines.decode_attention import use_for_decoding
+from longshort.engines.decode_cache import GrowingLayer, from_tensors, grow
 from longshort.engines.kv_reuse import KVEntry, KVStore, PrefixCache, shared_openings
 from longshort.engines.hf_cache import cache_kwarg, returned_cache
 from longshort.registry import ENGINES
@@ -304,7 +306,7 @@ class HFEngine:
                     keys[row, :, past - n:] = k[:, :n]
                     values[row, :, past - n:] = v[:, :n]
             layers.append((keys, values))
-        return DynamicCache(layers)
+        return from_tensors(layers)
 
     def _keep(self, batch: _Batch, row: int, request: _Request) -> None:
         """Store what the model has seen in a finishing row for its session's next turn: the prompt and
@@ -349,7 +351,7 @@ class HFEngine:
         self.stats.forward_rows += input_ids.shape[0]
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                          **cache_kwarg(cache), use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :].float(), returned_cache(out)
+        return out.logits[:, -1, :].float(), grow(returned_cache(out))
 
     def _advance(self, request: _Request, token: int, logprob: float) -> Generation | None:
         """Append one sampled token; the finished request's Generation, or None while it goes on."""
@@ -465,7 +467,7 @@ def _weights_version(model) -> int:
 
 def _plain_layers(cache: Cache) -> bool:
     """Whether a cache is plain per-layer keys and values, which rows can be cut from and placed into."""
-    return all(type(layer) is DynamicLayer for layer in cache.layers)
+    return all(type(layer) in (DynamicLayer, GrowingLayer) for layer in cache.layers)
 
 
 def _resolve(future: asyncio.Future, generation: Generation) -> None:
