@@ -211,8 +211,6 @@ def test_in_place_decode_cache_samples_as_transformers_cache_does(tiny, monkeypa
     """Decode steps write into a buffer with free positions (``decode_cache``) instead of ``torch.cat``:
     with rows leaving the batch, session caches, shared openings and a buffer grown every 3 positions,
     the same tokens and log-probs as transformers' ``DynamicCache``, under either attention."""
-    from transformers.cache_utils import DynamicCache
-
     from longshort.engines import decode_cache, hf
 
     model = tiny[0]
@@ -230,8 +228,7 @@ def test_in_place_decode_cache_samples_as_transformers_cache_does(tiny, monkeypa
         monkeypatch.setattr(decode_cache.GrowingLayer, name if name == "update" else "_grown", counted)
     grown, engine = _episodes(32768, tiny)
     with monkeypatch.context() as patch:
-        patch.setattr(hf, "grow", lambda cache: cache)
-        patch.setattr(hf, "from_tensors", DynamicCache)
+        patch.setattr(hf, "masks_free_positions", lambda model: False)
         plain, _ = _episodes(32768, tiny)
     assert engine.stats.reused_tokens > 0 and engine.stats.opening_tokens > 0
     growths = calls["grown"] / 2  # a key and a value buffer per growth
@@ -239,3 +236,15 @@ def test_in_place_decode_cache_samples_as_transformers_cache_does(tiny, monkeypa
     assert [t.action_ids for t in _flat(grown)] == [t.action_ids for t in _flat(plain)]
     for a, b in zip(_flat(grown), _flat(plain)):
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+
+
+def test_in_place_decode_cache_only_for_attentions_that_apply_the_mask():
+    from types import SimpleNamespace
+
+    from longshort.engines.decode_cache import masks_free_positions
+
+    def model(attention):
+        return SimpleNamespace(config=SimpleNamespace(_attn_implementation=attention))
+
+    assert all(masks_free_positions(model(name)) for name in ("sdpa", "eager", "longshort_decode"))
+    assert not any(masks_free_positions(model(name)) for name in ("flash_attention_2", "flex_attention", None))

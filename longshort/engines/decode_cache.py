@@ -11,15 +11,21 @@ attention mask that long, with the free positions masked out. When the buffer is
 once into one ``HEADROOM`` longer. ``benchmarks/decode_step.py`` measures it.
 
 What is computed is unchanged: masked positions get zero weight, so logits equal ``DynamicLayer``'s
-to float rounding (``tests/test_engines.py`` samples the same tokens and log-probabilities with and
+to float rounding (``tests/test_kv_reuse.py`` samples the same tokens and log-probabilities with and
 without it). ``layer.keys`` / ``layer.values`` stay the valid part (a view), as the engine's KV reuse
 reads them. Only a cache made entirely of plain ``DynamicLayer`` s is converted (``grow``): sliding-
-window and other special layers keep their own semantics.
+window and other special layers keep their own semantics. And only for attentions that apply the
+mask transformers builds (``masks_free_positions``): flash-attention kernels take sequence lengths
+from the 2-D mask instead and would attend to the free positions.
 """
 from __future__ import annotations
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
+
+from longshort.engines.decode_attention import NAME as DECODE_ATTENTION
+
+MASKED_ATTENTIONS = ("sdpa", "eager", DECODE_ATTENTION)
 
 
 class GrowingLayer(DynamicLayer):
@@ -63,10 +69,9 @@ class GrowingLayer(DynamicLayer):
             buffer[..., : old.shape[-2], :] = old
         return buffer
 
-    def get_mask_sizes(self, query: int | torch.Tensor) -> tuple[int, int]:
-        """The key length attention will see: the buffer ``update`` is about to return. (``query``: the
-        query length, or before transformers 5.24 the cache positions of the queries.)"""
-        length = self.get_seq_length() + (query.shape[0] if isinstance(query, torch.Tensor) else query)
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """The key length attention will see: the buffer ``update`` is about to return."""
+        length = self.get_seq_length() + query_length
         return (self._capacity() if self._fits(length) else length + self.HEADROOM), 0
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
@@ -76,6 +81,11 @@ class GrowingLayer(DynamicLayer):
             self.keys, self.values = self._key_buffer[..., :length, :], self._value_buffer[..., :length, :]
         else:
             super().batch_select_indices(indices)
+
+
+def masks_free_positions(model) -> bool:
+    """Whether ``model``'s attention applies the attention mask of the key length the cache reports."""
+    return getattr(model.config, "_attn_implementation", None) in MASKED_ATTENTIONS
 
 
 def grow(cache: Cache | None) -> Cache | None:

@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from typing import Hashable
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from longshort.engines.base import Generation, SamplingParams
 from longshort.engines.decode_attention import use_for_decoding
-from longshort.engines.decode_cache import GrowingLayer, from_tensors, grow
+from longshort.engines.decode_cache import GrowingLayer, from_tensors, grow, masks_free_positions
 from longshort.engines.kv_reuse import KVEntry, KVStore, PrefixCache, shared_openings
 from longshort.engines.hf_cache import cache_kwarg, returned_cache
 from longshort.registry import ENGINES
@@ -156,6 +156,7 @@ class HFEngine:
         if self.device != next(model.parameters()).device:
             self.model.to(self.device)
         use_for_decoding(self.model)
+        self._in_place = masks_free_positions(self.model)  # decode steps write the cache in place (decode_cache)
         self.generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = next((i for i in (tokenizer.pad_token_id, *sorted(self.eos_ids)) if i is not None), 0)
@@ -306,7 +307,7 @@ class HFEngine:
                     keys[row, :, past - n:] = k[:, :n]
                     values[row, :, past - n:] = v[:, :n]
             layers.append((keys, values))
-        return from_tensors(layers)
+        return from_tensors(layers) if self._in_place else DynamicCache(layers)
 
     def _keep(self, batch: _Batch, row: int, request: _Request) -> None:
         """Store what the model has seen in a finishing row for its session's next turn: the prompt and
@@ -351,7 +352,8 @@ class HFEngine:
         self.stats.forward_rows += input_ids.shape[0]
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                          **cache_kwarg(cache), use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :].float(), grow(returned_cache(out))
+        cache = returned_cache(out)
+        return out.logits[:, -1, :].float(), grow(cache) if self._in_place else cache
 
     def _advance(self, request: _Request, token: int, logprob: float) -> Generation | None:
         """Append one sampled token; the finished request's Generation, or None while it goes on."""
