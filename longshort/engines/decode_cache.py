@@ -45,8 +45,10 @@ class GrowingLayer(DynamicLayer):
         return 0 if self._key_buffer is None else self._key_buffer.shape[-2]
 
     def _fits(self, length: int) -> bool:
-        return self._key_buffer is not None and length <= self._capacity() and self.keys.shape[0] == \
-            self._key_buffer.shape[0] and self.keys.data_ptr() == self._key_buffer.data_ptr()
+        """Whether ``length`` positions fit the buffer that ``keys`` is still the front of."""
+        buffer = self._key_buffer
+        return (buffer is not None and length <= buffer.shape[-2] and self.keys.shape[0] == buffer.shape[0]
+                and self.keys.data_ptr() == buffer.data_ptr())
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
                ) -> tuple[torch.Tensor, torch.Tensor]:
