@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -90,6 +91,12 @@ def test_the_tiny_table_runs_end_to_end_resumes_without_redoing_rows_and_writes_
     assert set(json.loads((tmp_path / "table" / "timings.json").read_text())) == {
         "train_longcot", "train_longshort", "train_longshort_lean", "train_skip", "train_skip_body",
         "analysis_step_entropy"}
+    # where the time went: every command, and a training command split into its stages and RL steps
+    breakdown = text.split("## Where the time went")[1]
+    for key in ("train_longcot", "train_longshort", "train_skip", "analysis_step_entropy"):
+        assert f"| {key} | " in breakdown
+    assert re.search(r"\| train_longcot \| [\d.]+ \|( [\d.]+ \|){5} 2 \(\d+ s\) \|", breakdown)
+    assert re.search(r"\| \*\*total\*\* \| \*\*[\d.]+\*\* \([\d.]+ h\) \|", breakdown)
     assert reproduce.main([f"table={path}"]) == 0  # everything done: only the table is written again
     runs = tmp_path / "table" / "runs"
     longcot = [json.loads(line) for line in (runs / "longcot" / "sft" / "coldstart" / "single.jsonl").open()]

@@ -16,6 +16,7 @@ from longshort.evaluation.published import PUBLISHED
 from longshort.evaluation.report import comparison_table, markdown_table, plot, row_of, row_of_published
 from longshort.evaluation.results import Results
 from longshort.reproduce.tables import HELDOUT, RowSpec, TableSpec
+from longshort.reproduce.timing import where_time_went
 
 REDUNDANT_COLUMN = "removed steps truly redundant"
 
@@ -42,7 +43,8 @@ def set_names(spec: TableSpec) -> list[str]:
 
 
 def write_table(spec: TableSpec, layout) -> Path:
-    """``table.md`` (comparison table, notes, what is missing), ``table.json`` and ``plot.png``."""
+    """``table.md`` (comparison table, notes, what is missing, where the time went), ``table.json`` and
+    ``plot.png``."""
     names = set_names(spec)
     measured: list[Results] = []
     scores: dict[str, RedundancyScore] = {}
@@ -78,6 +80,7 @@ def write_table(spec: TableSpec, layout) -> Path:
     if missing:
         notes.append("Not measured yet: " + ", ".join(missing) + ".")
     parts += [f"{i}. {note}" for i, note in enumerate(notes, start=1)]
+    parts += ["", *where_time_went(layout)]
     out = layout.root
     (out / "table.md").write_text("\n".join(parts) + "\n")
     (out / "table.json").write_text(json.dumps({

@@ -27,7 +27,6 @@ import json
 import re
 import shlex
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,8 @@ from typing import Callable
 from rich.console import Console
 
 from longshort.config import ConfigError, load_config
-from longshort.paths import write_atomically
 from longshort.reproduce.tables import HELDOUT, RowSpec, TableError, TableSpec, load_table
+from longshort.reproduce.timing import Timings
 
 console = Console(stderr=True)
 
@@ -184,41 +183,6 @@ def _release() -> None:
 
     gc.collect()
     release_freed_memory()
-
-
-class Timings:
-    """``timings.json``: wall seconds per command key, summed over every attempt at it.
-
-    The command in flight is written every ``every`` seconds from a daemon thread, so a kill that no
-    handler sees (SIGKILL at a session's end) loses at most that much of the count; the work a resumed
-    command redoes after its last save is counted too, since the table did spend it.
-    """
-
-    def __init__(self, path: Path, every: float = 60.0):
-        self.path, self.every = path, every
-        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
-
-    def _write(self, key: str, seconds: float) -> None:
-        self.seconds[key] = round(seconds, 1)
-        text = json.dumps(self.seconds, indent=1) + "\n"
-        write_atomically(self.path, lambda tmp: tmp.write_text(text))
-
-    def clock(self, key: str, work: Callable[[], float]) -> float:
-        """Run ``work`` with ``key``'s count running; returns what ``work`` returns."""
-        before, began, stop = self.seconds.get(key, 0.0), time.perf_counter(), threading.Event()
-
-        def flush() -> None:
-            while not stop.wait(self.every):
-                self._write(key, before + time.perf_counter() - began)
-
-        thread = threading.Thread(target=flush, name="timings", daemon=True)
-        thread.start()
-        try:
-            return work()
-        finally:
-            stop.set()
-            thread.join()
-            self._write(key, before + time.perf_counter() - began)
 
 
 def run_table(spec: TableSpec, out: Path, *, runner: Callable[[Command, Layout], float] = execute,
