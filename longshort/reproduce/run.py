@@ -191,12 +191,14 @@ def run_table(spec: TableSpec, out: Path, *, runner: Callable[[Command, Layout],
     layout = Layout(out)
     out.mkdir(parents=True, exist_ok=True)
     timings = Timings(out / "timings.json", every=timings_every)
-    for command in plan(spec, out):
+    commands = plan(spec, out)
+    for number, command in enumerate(commands, start=1):
         marker = layout.marker(command)
         if marker.is_file():
             console.print(f"[dim]{command.what}: done already ({marker}); skipping[/dim]")
             continue
-        console.rule(command.what)
+        spent = sum(timings.seconds.values()) / 3600
+        console.rule(f"[{number}/{len(commands)}] {command.what} ({spent:.1f} h spent so far)")
         console.print(command.shell(), markup=False, highlight=False)
         seconds = timings.clock(command.key, lambda: runner(command, layout))
         _release()
