@@ -248,3 +248,32 @@ def test_in_place_decode_cache_only_for_attentions_that_apply_the_mask():
 
     assert all(masks_free_positions(model(name)) for name in ("sdpa", "eager", "longshort_decode"))
     assert not any(masks_free_positions(model(name)) for name in ("flash_attention_2", "flex_attention", None))
+
+
+def test_growing_layer_reports_the_key_length_it_returns_and_keeps_the_valid_part():
+    """The invariant the in-place cache rests on: the mask is built for exactly the keys attention gets,
+    and ``keys`` / ``values`` equal what ``torch.cat`` would hold, across growth and rows leaving."""
+    from transformers.cache_utils import DynamicLayer
+
+    from longshort.engines.decode_cache import GrowingLayer
+
+    class Small(GrowingLayer):
+        HEADROOM = 2
+
+    torch.manual_seed(0)
+    ours, theirs, rows = Small(), DynamicLayer(), 4
+    for step, new in enumerate([5, 1, 1, 1, 3, 1, 1]):
+        keys, values = torch.randn(rows, 2, new, 8), torch.randn(rows, 2, new, 8)
+        length, offset = ours.get_mask_sizes(new)
+        full_keys, full_values = ours.update(keys, values)
+        theirs.update(keys, values)
+        assert offset == 0 and full_keys.shape[-2] == full_values.shape[-2] == length
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+        free = full_keys[..., ours.get_seq_length():, :]
+        assert not free.any()  # free positions are zeros: a masked 0 weight times garbage could still be NaN
+        if step == 3:  # rows 0 and 2 leave the batch
+            index = torch.tensor([1, 3])
+            ours.batch_select_indices(index)
+            theirs.batch_select_indices(index)
+            rows = 2
+            assert torch.equal(ours.keys, theirs.keys) and ours.get_mask_sizes(1)[0] > ours.get_seq_length()
