@@ -277,7 +277,6 @@ def test_gpqa_is_not_packaged_and_never_silently_missing(tmp_path, monkeypatch):
         load_benchmark("gpqa_diamond")  # offline (conftest): fails in one message that says what to do
 
 
-
 def test_write_atomically_replaces_files_and_folders_whole_and_leaves_nothing_of_a_failed_write(tmp_path):
     from longshort.paths import write_atomically
 
@@ -304,6 +303,7 @@ def test_write_atomically_replaces_files_and_folders_whole_and_leaves_nothing_of
     record = write_atomically(tmp_path / "records.jsonl", lambda tmp: tmp.write_text("1\n"))
     write_atomically(record, lambda tmp: tmp.write_text("2\n"))
     assert record.read_text() == "2\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out", "records.jsonl"]
+
 
 def test_all_benchmarks_registered():
     assert set(EXPECTED_ROWS) <= set(BENCHMARKS.names())
