@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from longshort.config import STAGES
 from longshort.paths import write_atomically
 
-STAGES = ("data", "sft", "rl", "eval")
 TRAIN, ANALYSIS = "train_", "analysis_"
 
 
