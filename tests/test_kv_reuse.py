@@ -217,21 +217,19 @@ def test_in_place_decode_cache_samples_as_transformers_cache_does(tiny, monkeypa
     model.set_attn_implementation(attention)
     monkeypatch.setattr(hf, "use_for_decoding", lambda model: model.config._attn_implementation == attention)
     monkeypatch.setattr(decode_cache.GrowingLayer, "HEADROOM", 3)
-    calls = {"update": 0, "grown": 0}
+    calls = {"update": 0, "_grown": 0}  # GrowingLayer methods, counted
     for name in calls:
-        real = getattr(decode_cache.GrowingLayer, name if name == "update" else "_grown")
-
-        def counted(self, *args, _real=real, _name=name, **kwargs):
+        def counted(self, *args, _real=getattr(decode_cache.GrowingLayer, name), _name=name, **kwargs):
             calls[_name] += 1
             return _real(self, *args, **kwargs)
 
-        monkeypatch.setattr(decode_cache.GrowingLayer, name if name == "update" else "_grown", counted)
+        monkeypatch.setattr(decode_cache.GrowingLayer, name, counted)
     grown, engine = _episodes(32768, tiny)
     with monkeypatch.context() as patch:
         patch.setattr(hf, "masks_free_positions", lambda model: False)
         plain, _ = _episodes(32768, tiny)
     assert engine.stats.reused_tokens > 0 and engine.stats.opening_tokens > 0
-    growths = calls["grown"] / 2  # a key and a value buffer per growth
+    growths = calls["_grown"] / 2  # a key and a value buffer per growth
     assert 0 < growths < calls["update"]  # buffers grew, and the other steps wrote in place
     assert [t.action_ids for t in _flat(grown)] == [t.action_ids for t in _flat(plain)]
     for a, b in zip(_flat(grown), _flat(plain)):
