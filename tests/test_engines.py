@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import random
 import subprocess
 import sys
 import threading
@@ -62,6 +63,41 @@ def test_max_batch_size_splits_pending_requests(tiny, prompts):
     engine = HFEngine(*tiny, max_batch_size=4)
     run_all(engine, [prompts[0]] * 10, SamplingParams(temperature=0.0, max_new_tokens=2))
     assert engine.stats.batches == 3 and engine.stats.largest_batch == 4
+
+
+def test_waiting_requests_join_as_rows_leave(tiny, prompts):
+    """More requests than rows: each waiting one takes the place of a finished row (its prefill merged
+    into the running batch), and samples exactly what it would have in one batch of all of them."""
+    budgets = [SamplingParams(temperature=1.0, max_new_tokens=n) for n in (9, 2, 14, 5, 1, 11, 3, 7, 20, 4)]
+    many = [prompts[i % len(prompts)] + [i] for i in range(len(budgets))]  # contexts of different widths
+    together, narrow = HFEngine(*tiny, seed=5), HFEngine(*tiny, seed=5, max_batch_size=3)
+    expected, results = run_all(together, many, budgets), run_all(narrow, many, budgets)
+    assert [r.token_ids for r in results] == [r.token_ids for r in expected]
+    for result, reference in zip(results, expected):
+        assert torch.allclose(torch.tensor(result.logprobs), torch.tensor(reference.logprobs), atol=1e-5)
+    assert narrow.stats.batches == 1 and narrow.stats.joined == 7 and narrow.stats.largest_batch == 3
+    assert together.stats.joined == 0
+    # the batch stays full while requests wait: 3 rows per decode step until the last 3 run out
+    assert narrow.stats.forward_passes < together.stats.forward_passes + 7 + sum(b.max_new_tokens for b in budgets) // 3
+
+
+def test_a_sliding_window_model_serves_waiting_requests_batch_after_batch(tiny):
+    """Sliding-window cache layers cannot be cut into rows and merged: waiting requests start the next
+    batch instead of joining, with the same tokens."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    tokenizer = tiny[1]
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=4, sliding_window=8)
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config).eval()
+    prompt = tokenizer("Solve for x: 3x + 5 = 20").input_ids
+    many = [prompt + [i] for i in range(10)]  # one width: no padding in any batch
+    budgets = [SamplingParams(temperature=0.0, max_new_tokens=n) for n in (9, 2, 14, 5, 1, 11, 3, 7, 20, 4)]
+    narrow, together = HFEngine(model, tokenizer, max_batch_size=3), HFEngine(model, tokenizer)
+    results, expected = run_all(narrow, many, budgets), run_all(together, many, budgets)
+    assert [r.token_ids for r in results] == [r.token_ids for r in expected]
+    assert narrow.stats.joined == 0 and narrow.stats.batches == 4
 
 
 def test_greedy_matches_model_generate_in_one_padded_batch(tiny, prompts):
@@ -221,7 +257,7 @@ def test_truncation_matches_a_full_sort():
 def test_sampling_follows_the_distribution():
     probs = torch.tensor([0.5, 0.0, 0.2, 0.25, 0.05])
     sampler = hf._Sampler([SamplingParams(temperature=1.0)] * 4000, torch.device("cpu"),
-                          torch.Generator().manual_seed(0))
+                          [random.Random(row) for row in range(4000)])
     tokens, logprobs = sampler.sample(probs.log().expand(4000, -1))
     frequencies = torch.bincount(tokens, minlength=5) / 4000
     assert frequencies[1] == 0 and torch.allclose(frequencies, probs, atol=0.03)

@@ -73,6 +73,33 @@ def test_rollout_with_reuse_matches_full_prefill(tiny):
     assert len(fast.kv) == 0 and fast.kv.tokens == 0  # finished episodes freed their entries
 
 
+def test_waiting_turns_join_a_running_batch_with_their_cached_prefix(tiny):
+    """Six conversations on an engine of three rows, turns of different lengths: the waiting turns join
+    running batches, their sessions' keys and values merged into the batch cache, and every
+    conversation equals the one run alone without any cache."""
+    model, tokenizer = tiny
+    prompts = [tokenizer(f"Question {i}: what is {i} times {i + 2}?" + " please" * i).input_ids for i in range(6)]
+
+    async def conversation(engine, prompt, index, session):
+        for turn in range(3):
+            budget = SamplingParams(temperature=0.0, max_new_tokens=2 + (index + 2 * turn) % 5)
+            generation = await engine.generate(prompt, budget, session=session)
+            prompt = prompt + generation.token_ids + tokenizer(" ok" * (turn + 1)).input_ids
+        return prompt
+
+    async def together(engine):
+        sessions = [i if i != 4 else None for i in range(6)]  # one conversation never reuses
+        return await asyncio.gather(*(conversation(engine, p, i, s) for i, (p, s) in enumerate(zip(prompts, sessions))))
+
+    engine = HFEngine(model, tokenizer, max_batch_size=3)
+    batched = asyncio.run(together(engine))
+    assert engine.stats.joined > 6 and engine.stats.largest_batch == 3
+    assert engine.stats.reused_tokens - engine.stats.opening_tokens > 0  # later turns came from session caches
+    alone = [asyncio.run(conversation(HFEngine(model, tokenizer, kv_cache_budget=0), p, i, None))
+             for i, p in enumerate(prompts)]
+    assert batched == alone
+
+
 def test_lru_cap_evicts_and_changes_nothing(tiny):
     """A budget smaller than the rollout's live caches evicts (those rows prefill again): same samples."""
     plain, _ = _episodes(0, tiny)

@@ -3,9 +3,13 @@
 A multi-turn rollout runs many episodes as coroutines; each one ``await``s ``generate`` when its
 agent's turn comes. Decoding them one by one would leave the matrix units idle, so the engine
 collects every request that is pending once the event loop has run all ready coroutines, and
-decodes them as one left-padded batch with a KV cache. Rows leave the batch as they finish, so the
-long tail of a batch pays only for itself, and each request is answered the moment it finishes, so
-its episode can move on (e.g. to a partner agent served by another engine) while the rest decode.
+decodes them as one left-padded batch with a KV cache. Rows leave the batch as they finish, and each
+request is answered the moment it finishes, so its episode can move on (e.g. to a partner agent
+served by another engine) while the rest decode. Requests pending beyond ``max_batch_size`` when a
+batch starts join it as rows leave (prefilled as a small batch, then merged in), so an evaluation of
+hundreds of problems decodes full batches instead of waiting each batch out to its longest row.
+Each request samples from its own random stream, so its tokens do not depend on which rows it shares
+a batch with.
 
 The decode loop is ours rather than ``model.generate`` because every row carries its own sampling
 settings, token budget and stop strings, and because the contract needs the log-probability of each
@@ -33,7 +37,9 @@ append to the cache in place (``decode_cache``) instead of copying it with ``tor
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Hashable
 
@@ -54,6 +60,7 @@ class EngineStats:
 
     batches: int = 0
     requests: int = 0
+    joined: int = 0  # requests that joined a running batch as rows left it (of ``requests``)
     prompt_tokens: int = 0
     prefill_tokens: int = 0  # prompt tokens run through the model, openings encoded included (the rest: cached)
     reused_tokens: int = 0  # prompt tokens whose keys and values a cache supplied (a session's or a shared opening)
@@ -62,7 +69,7 @@ class EngineStats:
     generated_tokens: int = 0
     forward_passes: int = 0
     forward_rows: int = 0  # rows summed over forward passes: what dropping finished rows saves
-    largest_batch: int = 0
+    largest_batch: int = 0  # most rows decoded together
 
 
 @dataclass
@@ -71,6 +78,7 @@ class _Request:
     sampling: SamplingParams
     future: asyncio.Future
     session: Hashable | None = None
+    stream: random.Random | None = None  # the request's own random numbers, given when it is admitted
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
 
@@ -134,13 +142,14 @@ class StopStrings:
 class HFEngine:
     """Batches concurrent ``generate`` calls onto one Hugging Face causal LM.
 
-    ``max_batch_size`` caps the rows decoded together (more pending requests wait for the next
-    batch). ``seed`` makes sampling reproducible: the same requests arriving in the same order give
-    the same tokens. ``kv_cache_budget`` is the most tokens of finished turns' keys and values kept
-    for the sessions' next turns (0: no reuse); a model whose cache is not plain per-layer keys and
-    values (sliding-window or recurrent layers) never reuses. The model runs in the dtype it was
-    loaded in (bf16 or fp32), on ``device`` (default: where its weights are; it is moved there
-    otherwise) and in eval mode. Requests come from one event loop at a time (the rollout runner's).
+    ``max_batch_size`` caps the rows decoded together (more pending requests join as rows leave).
+    ``seed`` makes sampling reproducible: the n-th request the engine admits draws from the n-th
+    random stream of the seed, whatever else is in its batch. ``kv_cache_budget`` is the most tokens
+    of finished turns' keys and values kept for the sessions' next turns (0: no reuse); a model whose
+    cache is not plain per-layer keys and values (sliding-window or recurrent layers) never reuses,
+    and its waiting requests wait for the batch to end instead of joining it. The model runs in the
+    dtype it was loaded in (bf16 or fp32), on ``device`` (default: where its weights are; it is
+    moved there otherwise) and in eval mode. Requests come from one event loop at a time (the rollout runner's).
     """
 
     SETTLE_TICKS = 3  # event-loop ticks without a new request before a batch starts
@@ -157,7 +166,7 @@ class HFEngine:
             self.model.to(self.device)
         use_for_decoding(self.model)
         self._in_place = masks_free_positions(self.model)  # decode steps write the cache in place (decode_cache)
-        self.generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        self._streams = random.Random(seed) if seed is not None else None  # seeds of the requests' own streams
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = next((i for i in (tokenizer.pad_token_id, *sorted(self.eos_ids)) if i is not None), 0)
         self.stats = EngineStats()
@@ -183,22 +192,37 @@ class HFEngine:
             self._pump = loop.create_task(self._serve())
         return await request.future
 
+    def random_state(self) -> tuple | None:
+        """Where the seeded request streams stand (None for an unseeded engine), for checkpoints."""
+        return self._streams.getstate() if self._streams else None
+
+    def set_random_state(self, state: tuple | None) -> None:
+        """Continue the request streams from a ``random_state()`` (resuming a run)."""
+        if state is not None:
+            self._streams = self._streams or random.Random()
+            self._streams.setstate(state)
+
     def end_session(self, session: Hashable) -> None:
         """Free the session's cached keys and values (its episode is over)."""
         self.kv.drop(session)
 
     async def _serve(self) -> None:
-        """Run batches while requests are pending; the only caller of the decode thread per loop."""
+        """Decode what is pending, in arrival order; the only caller of the decode thread per loop.
+
+        Requests that arrive while a batch decodes (e.g. the next turns of episodes whose turn just
+        finished) wait for the next call: which requests join a running batch then depends only on
+        the order of arrival and on when rows finish, not on thread timing, so seeded runs repeat.
+        """
         while self._pending:
             await self._settle()
-            batch = [r for r in self._pending[: self.max_batch_size] if not r.future.done()]
-            del self._pending[: self.max_batch_size]
-            if not batch:
+            requests = [r for r in self._pending if not r.future.done()]
+            self._pending.clear()
+            if not requests:
                 continue
             try:
-                await asyncio.to_thread(self._decode, batch)
+                await asyncio.to_thread(self._decode, requests)
             except Exception as error:  # the callers see the failure; the engine keeps serving
-                for request in batch:
+                for request in requests:
                     if not request.future.done():
                         request.future.set_exception(error)
 
@@ -210,18 +234,35 @@ class HFEngine:
             quiet, seen = (quiet + 1, seen) if len(self._pending) == seen else (0, len(self._pending))
 
     def _decode(self, requests: list[_Request]) -> None:
-        """Decode one batch to the end (worker thread). Finished rows are answered and dropped.
+        """Decode ``requests`` to the end (worker thread), at most ``max_batch_size`` rows at a time.
+        Finished rows are answered and dropped; waiting requests take their places.
 
         The device lock is taken per step, not per batch, so two engines (two agents' models) take
         turns step by step instead of one waiting for the other's whole batch.
         """
         lock = _device_lock(self.device)
+        waiting = deque(requests)
+        batch: _Batch | None = None
         with torch.inference_mode():
-            with lock:
-                batch = self._prefill(requests)
-            while batch.requests:
+            while waiting or batch.requests:
                 with lock:
+                    if batch is None or not batch.requests:
+                        batch = self._prefill(self._next(waiting, self.max_batch_size))
+                        self.stats.batches += 1
+                    elif waiting and len(batch.requests) < self.max_batch_size and _plain_layers(batch.cache):
+                        joining = self._next(waiting, self.max_batch_size - len(batch.requests))
+                        batch = _merged(batch, self._prefill(joining), self._in_place)
+                        self.stats.joined += len(joining)
+                    self.stats.largest_batch = max(self.stats.largest_batch, len(batch.requests))
                     self._step(batch)
+
+    def _next(self, waiting: deque[_Request], n: int) -> list[_Request]:
+        """The next ``n`` waiting requests (fewer if fewer wait), each given its own random stream."""
+        taken = [waiting.popleft() for _ in range(min(n, len(waiting)))]
+        for request in taken:
+            seed = self._streams.getrandbits(64) if self._streams else int(torch.randint(2 ** 62, ()))
+            request.stream = random.Random(seed)
+        return taken
 
     def _prefill(self, requests: list[_Request]) -> _Batch:
         """Run the left-padded prompts through the model; positions count real tokens only.
@@ -230,9 +271,7 @@ class HFEngine:
         cache holds each row's cached part right-aligned (``past`` columns), the new tokens follow
         left-padded, and the mask covers both, so a row attends to exactly its own tokens.
         """
-        self.stats.batches += 1
         self.stats.requests += len(requests)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(requests))
         self.stats.prompt_tokens += sum(len(r.prompt_ids) for r in requests)
         weights = _weights_version(self.model)
         if weights != self._weights:  # the trainer updated the model in place since the caches were made
@@ -259,7 +298,7 @@ class HFEngine:
         positions = (mask[:, past:].cumsum(-1) - 1).clamp(min=0) + offset
         cache = self._batch_cache(taken, past) if past else None  # None: the model builds its own
         logits, cache = self._forward(input_ids, mask, positions, cache)
-        sampler = _Sampler([r.sampling for r in requests], self.device, self.generator)
+        sampler = _Sampler([r.sampling for r in requests], self.device, [r.stream for r in requests])
         return _Batch(list(requests), logits, cache, mask, positions[:, -1:] + 1, sampler)
 
     def _take_openings(self, requests: list[_Request], taken: list[tuple[int, KVEntry | None]]) -> None:
@@ -379,12 +418,15 @@ class _Sampler:
 
     The returned log-probabilities are ``log_softmax(logits / T)`` of the chosen tokens, before any
     truncation (the distribution the trainer recomputes); greedy rows (T = 0) report T = 1 values.
+    Each row draws one number per step from its own stream, greedy rows included, so a row's tokens
+    do not depend on the other rows.
     """
 
     NUCLEUS_WIDTH = 512  # candidates searched for the top-p nucleus before falling back to a full sort
+    _TENSORS = ("greedy", "temperature", "top_k", "top_p")  # per-row settings, cut and joined with the rows
 
-    def __init__(self, params: list[SamplingParams], device: torch.device, generator: torch.Generator | None):
-        self.generator = generator
+    def __init__(self, params: list[SamplingParams], device: torch.device, streams: list[random.Random]):
+        self.streams = streams
         self.greedy = torch.tensor([p.temperature <= 0 for p in params], device=device)
         self.temperature = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params],
                                         device=device)
@@ -392,33 +434,44 @@ class _Sampler:
         self.top_p = torch.tensor([p.top_p for p in params], device=device)
 
     def select(self, index: torch.Tensor) -> _Sampler:
+        """The sampler of the rows ``index``, in that order."""
         picked = object.__new__(_Sampler)
-        picked.generator = self.generator
-        for name in ("greedy", "temperature", "top_k", "top_p"):
+        picked.streams = [self.streams[row] for row in index.tolist()]
+        for name in self._TENSORS:
             setattr(picked, name, getattr(self, name)[index])
         return picked
 
+    def extended(self, other: _Sampler) -> _Sampler:
+        """The sampler of this one's rows followed by ``other``'s."""
+        joined = object.__new__(_Sampler)
+        joined.streams = self.streams + other.streams
+        for name in self._TENSORS:
+            setattr(joined, name, torch.cat([getattr(self, name), getattr(other, name)]))
+        return joined
+
     def sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logprobs = torch.log_softmax(logits / self.temperature[:, None], dim=-1)
+        u = torch.tensor([[stream.random()] for stream in self.streams], dtype=torch.float64, device=logits.device)
         drawn = (~self.greedy).nonzero().squeeze(1)
         if len(drawn) == len(logprobs):
-            tokens = self._draw(logprobs, self.top_k, self.top_p)
+            tokens = self._draw(logprobs, self.top_k, self.top_p, u)
         else:  # greedy rows have T = 1 here, so the argmax of their logprobs is the argmax of the logits
             tokens = logprobs.argmax(dim=-1)
             if len(drawn):
-                tokens[drawn] = self._draw(logprobs[drawn], self.top_k[drawn], self.top_p[drawn])
+                tokens[drawn] = self._draw(logprobs[drawn], self.top_k[drawn], self.top_p[drawn], u[drawn])
         return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
 
-    def _draw(self, logprobs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-        """Sample one token per row from ``logprobs`` after top-k and top-p truncation.
+    def _draw(self, logprobs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor
+              ) -> torch.Tensor:
+        """Sample one token per row from ``logprobs`` after top-k and top-p truncation, by the inverse
+        CDF at each row's uniform number ``u``.
 
-        Inverse-CDF sampling needs one uniform number per row; ``torch.multinomial`` draws one per
-        vocabulary entry on CPU, which costs more than the rest of a small model's decode step.
+        ``torch.multinomial`` draws one number per vocabulary entry on CPU, which costs more than the
+        rest of a small model's decode step.
         """
         if bool((top_k > 0).any()) or bool((top_p < 1).any()):
             logprobs = self._truncate(logprobs, top_k, top_p)
         cdf = logprobs.exp().double().cumsum(dim=-1)  # fp64: the sum runs over the whole vocabulary
-        u = torch.rand((cdf.shape[0], 1), generator=self.generator, device=cdf.device, dtype=cdf.dtype)
         # side="right" never lands on a zero-probability token (its cdf step is flat)
         return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1).clamp_(max=cdf.shape[-1] - 1)
 
@@ -457,6 +510,28 @@ def _device_lock(device: torch.device) -> threading.Lock:
     """
     with _DEVICE_LOCKS_GUARD:
         return _DEVICE_LOCKS.setdefault(str(device), threading.Lock())
+
+
+def _merged(running: _Batch, joining: _Batch, in_place: bool) -> _Batch:
+    """One batch of ``running``'s rows followed by ``joining``'s. Both are left-padded to the wider
+    context, the padding masked, so each row keeps its keys, values and positions."""
+    width = max(running.mask.shape[1], joining.mask.shape[1])
+    layers = [(_stacked(a.keys, b.keys, width, dim=-2), _stacked(a.values, b.values, width, dim=-2))
+              for a, b in zip(running.cache.layers, joining.cache.layers)]
+    return _Batch(running.requests + joining.requests, torch.cat([running.logits, joining.logits]),
+                  from_tensors(layers) if in_place else DynamicCache(layers),
+                  _stacked(running.mask, joining.mask, width, dim=-1),
+                  torch.cat([running.positions, joining.positions]), running.sampler.extended(joining.sampler))
+
+
+def _stacked(first: torch.Tensor, second: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """``first``'s rows then ``second``'s, each at the end of ``width`` positions along ``dim`` (zeros before)."""
+    shape = list(first.shape)
+    shape[0], shape[dim] = first.shape[0] + second.shape[0], width
+    out = first.new_zeros(shape)
+    out[: first.shape[0]].narrow(dim, width - first.shape[dim], first.shape[dim]).copy_(first)
+    out[first.shape[0]:].narrow(dim, width - second.shape[dim], second.shape[dim]).copy_(second)
+    return out
 
 
 def _weights_version(model) -> int:

@@ -287,7 +287,7 @@ class GRPOTrainer:
                  "trained_next": list(self.schedule.trained(step)) if step < self.config.trainer.steps else [],
                  "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                 "engine_rng": {role: engine.generator.get_state() for role, engine in self.engines.items()},
+                 "engine_rng": {role: engine.random_state() for role, engine in self.engines.items()},
                  "run_key": json.dumps(self.run_key, sort_keys=True)}
 
         def write(tmp: Path) -> None:
@@ -345,7 +345,12 @@ class GRPOTrainer:
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         for role, engine in self.engines.items():
-            engine.generator.set_state(state["engine_rng"][role])
+            engine_rng = state["engine_rng"][role]
+            if isinstance(engine_rng, torch.Tensor):  # a torch generator's state: before per-request streams
+                logger.warning("rl: %s was saved before the engine drew per-request random streams; sampling "
+                               "after this resume differs from an uninterrupted run", checkpoint)
+            else:
+                engine.set_random_state(engine_rng)
         return state["step"]
 
     def model_dirs(self) -> dict[str, Path]:

@@ -1,0 +1,99 @@
+"""More requests than rows: waiting requests joining a running batch, against batch after batch.
+
+An evaluation submits hundreds of problems to an engine of 32 rows. Served batch after batch, each
+batch runs until its longest row ends, with fewer and fewer rows (a 2-core CPU decodes 4 rows
+barely faster than 32); with joining, a waiting request takes each finished row's place, so the
+engine decodes full batches until the last requests. Both ways run here on the same engine (same
+model, same seed, same prompts): "batch after batch" awaits the requests 32 at a time, which is
+exactly how the engine served them before waiting requests could join. Each request samples from
+its own random stream, so both ways draw the same numbers; in fp32 they produce the same tokens
+(the script counts how many), in bf16 padding changes the rounding and some completions differ.
+
+    python benchmarks/refill.py                       # SmolLM2-135M in bf16, 96 problems, 32 rows
+    python benchmarks/refill.py --requests 200 --max-new-tokens 576
+    python benchmarks/refill.py --tiny                # seconds: a tiny random model, for a smoke test
+
+Prints each way's generated tokens, seconds, tokens/s, decode steps and mean rows per forward
+pass, and the ratio of the two rates.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import torch
+
+from longshort.data.synthetic import synthetic_problems
+from longshort.engines import HFEngine, SamplingParams
+from longshort.engines.base import Generation
+from longshort.models import load_model, tiny_model
+
+SYSTEM = ("Solve the problem step by step. Write each step as its own short paragraph, separated by a blank "
+          "line. Then give the final answer in \\boxed{}.")
+
+
+def render(tokenizer, prompt: str) -> list[int]:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                              return_dict=True)["input_ids"])
+
+
+def serve(engine: HFEngine, prompts: list[list[int]], sampling: SamplingParams, chunk: int | None
+          ) -> tuple[list[Generation], float]:
+    """All prompts through ``engine``: at once (``chunk`` None), or ``chunk`` at a time, each chunk awaited."""
+    async def run() -> list[Generation]:
+        if chunk is None:
+            return list(await asyncio.gather(*(engine.generate(p, sampling) for p in prompts)))
+        results = []
+        for start in range(0, len(prompts), chunk):
+            results += await asyncio.gather(*(engine.generate(p, sampling) for p in prompts[start: start + chunk]))
+        return results
+
+    start = time.perf_counter()
+    results = asyncio.run(run())
+    return results, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m", help="alias, local directory or Hub id")
+    parser.add_argument("--tiny", action="store_true", help="use a tiny random model (smoke test)")
+    parser.add_argument("--dtype", default="bf16", help="bf16 (the evaluations' dtype), fp32 or auto")
+    parser.add_argument("--requests", type=int, default=96)
+    parser.add_argument("--batch", type=int, default=32, help="the engine's max_batch_size")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.3, help="the evaluations' default")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    model, tokenizer = tiny_model(seed=args.seed) if args.tiny else load_model(args.model, dtype=args.dtype,
+                                                                                device="cpu")
+    problems = synthetic_problems(args.requests, min_steps=1, max_steps=3, seed=args.seed)
+    prompts = [render(tokenizer, p.prompt) for p in problems]
+    sampling = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    print(f"model={'tiny' if args.tiny else args.model} dtype={next(model.parameters()).dtype} "
+          f"requests={args.requests} rows={args.batch} max_new_tokens={args.max_new_tokens} T={args.temperature} "
+          f"threads={torch.get_num_threads()}")
+    serve(HFEngine(model, tokenizer, max_batch_size=args.batch), prompts[: args.batch],
+          SamplingParams(max_new_tokens=4), None)  # warm-up
+
+    ways = {"batch after batch": args.batch, "waiting requests join": None}
+    outcomes = {}
+    for name, chunk in ways.items():
+        engine = HFEngine(model, tokenizer, max_batch_size=args.batch, seed=args.seed)
+        results, seconds = serve(engine, prompts, sampling, chunk)
+        tokens = sum(len(r.token_ids) for r in results)
+        stats = engine.stats
+        outcomes[name] = (results, tokens / seconds)
+        rows = stats.forward_rows / stats.forward_passes
+        print(f"{name:<22} {tokens:6d} tokens in {seconds:7.1f} s = {tokens / seconds:6.1f} tokens/s   "
+              f"forward passes {stats.forward_passes:5d}, rows per pass {rows:5.1f}, joined {stats.joined}")
+    (static, static_rate), (joined, joined_rate) = outcomes.values()
+    same = sum(a.token_ids == b.token_ids for a, b in zip(static, joined))
+    print(f"joining / batch after batch = {joined_rate / static_rate:.2f}x tokens/s; "
+          f"{same} of {len(prompts)} completions identical")
+
+
+if __name__ == "__main__":
+    main()
