@@ -32,8 +32,10 @@ as log-probs):
 - generation: sampling the completions and scoring them (ours: the rollout runner; TRL:
   ``_generate_and_score_completions``);
 - log-probs: the forward passes that recompute the completions' log-probabilities (ours:
-  ``Policy.logprobs``; TRL: ``_get_per_token_logps_and_entropies``);
-- backward: ``Tensor.backward`` (ours recomputes each chunk's logits there, see ``trainers/policy.py``);
+  ``Policy.logprobs`` and the pass's shared prompt, ``Policy.pass_prefix``; TRL:
+  ``_get_per_token_logps_and_entropies``);
+- backward: ``Tensor.backward`` (ours recomputes each chunk's logits there, see ``trainers/policy.py``;
+  and ``PassPrefix.backward``, the shared prompt's);
 - optimiser: gradient clipping and the AdamW step (ours: ``AdamW.step``; casting the fp32 master
   weights back into a bf16 model counts as other; TRL: between the Trainer's ``on_pre_optimizer_step``
   and ``on_optimizer_step``);
@@ -64,7 +66,7 @@ from longshort.models import load_model, tiny_model
 from longshort.rewards import register_reward
 from longshort.data.synthetic import synthetic_problems
 from longshort.trainers.grpo import GRPOTrainer
-from longshort.trainers.policy import Policy
+from longshort.trainers.policy import PassPrefix, Policy
 from longshort.verify import Verifier
 
 PROMPTS, SAMPLES, MICRO_BATCH = 8, 4, 8
@@ -179,6 +181,8 @@ def run_ours(model, tokenizer, problems: list[Problem], args) -> Run:
                               progress=False)
         phases.wrap(trainer.runner, "run", "generation")
         phases.wrap(Policy, "logprobs", "log-probs")
+        phases.wrap(Policy, "pass_prefix", "log-probs")
+        phases.wrap(PassPrefix, "backward", "backward")
         phases.wrap(torch.optim.AdamW, "step", "optimiser")
         try:
             for step in range(args.steps):

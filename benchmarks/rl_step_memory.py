@@ -59,8 +59,9 @@ from longshort.trainers.policy import Policy
 import forced_turns  # noqa: F401  (benchmarks/, beside this script: registers env long_short_forced)
 
 
-def full_vocab_logprobs(self, batch, *, reference=False, with_entropy=False):
-    """``Policy.logprobs`` before this rework (the baseline), verbatim."""
+def full_vocab_logprobs(self, batch, *, reference=False, with_entropy=False, prefix=None):
+    """``Policy.logprobs`` before this rework (the baseline), verbatim but for ``prefix``, which the
+    update passes now and which is always None here (``use_the_update_as_it_was``)."""
     model = self.reference if reference else self.model
     keep = batch.input_ids.shape[1] - batch.start + 1  # position p predicts token p + 1
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep,
@@ -88,6 +89,7 @@ def use_the_update_as_it_was() -> None:
         return norm
 
     Policy.logprobs, Policy.step = full_vocab_logprobs, step_keeping_grads
+    Policy.pass_prefix = lambda self, batches: None  # nor was any prefix encoded once per pass
 
 
 def _status_kib(field: str) -> int:
@@ -123,6 +125,9 @@ def trainer_for(args, out: str) -> GRPOTrainer:
                  "agents.long.model.device=" + args.device, "agents.short.model.device=" + args.device]
     if not args.real_env:
         overrides.append("env.name=long_short_forced")
+    for role in ("long", "short"):  # a run's SFT weights (rl_update.py --weights), else the recipe's base model
+        if getattr(args, "weights", None):
+            overrides.append(f"agents.{role}.model.name_or_path={args.weights}/sft/{role}/final")
     config = load_config("tiny", overrides)
     models = None
     if args.tiny:

@@ -406,6 +406,26 @@ def test_skipping_zero_advantage_samples_leaves_the_gradient_unchanged(tmp_path)
     assert any(g.abs().sum() > 0 for g in grads[0])
 
 
+def test_the_prompt_shared_by_every_micro_batch_runs_once_with_the_same_gradient(tmp_path):
+    """Micro-batches of one sample each share the chat-templated system prompt, which the update then
+    encodes once per pass; the gradient equals one micro-batch of all samples."""
+    trainer = trainer_for(make_config(steps=1), tmp_path)
+    policy = trainer.policies["solo"]
+    samples = trainer.samples(trainer.runner.run(PROBLEMS[:3], 4), "solo")
+    for i, sample in enumerate(samples):
+        sample.advantage = (1.0, -0.5, 0.25)[i % 3]
+    grads, prefixes = [], []
+    policy.step = lambda: grads.append([p.grad.clone() for p in policy.master]) or 0.0
+    encode = policy.pass_prefix
+    policy.pass_prefix = lambda batches: prefixes.append(encode(batches)) or prefixes[-1]
+    for micro_batch_size in (1, len(samples)):
+        trainer.config.trainer.micro_batch_size = micro_batch_size
+        trainer.update(policy, samples)
+    assert prefixes[0] is not None and prefixes[0].length >= 16 and prefixes[1] is None
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("algorithm", ["rloo", "reinforce_baseline"])
 def test_other_advantage_estimators_train_through_the_trainer(tmp_path, algorithm):
     trainer = trainer_for(make_config(steps=1, algorithm=algorithm), tmp_path)

@@ -101,3 +101,55 @@ def test_row_checkpointing_recomputes_each_row_once_and_the_prefix_never(shared)
     # forward: the prefix once (a batch of one), then every row alone and without its padding
     assert forward == ([(1, batch.shared)] if shared else []) + [(1, n) for n in lengths]
     assert rows[len(forward):] == [(1, n) for n in reversed(lengths)]  # backward: each row again, never the prefix
+
+
+@pytest.mark.parametrize("checkpointing, dtype", [(False, torch.float32), (True, torch.float32),
+                                                  (False, torch.bfloat16)])
+def test_a_pass_encodes_the_prefix_of_all_its_micro_batches_once(checkpointing, dtype):
+    """Three micro-batches (a group sharing its question too, a single row, two questions): the
+    system prompt runs once for the pass, and the losses and gradients equal running it in each."""
+    model, tokenizer = tiny_model(seed=1)
+    model.to(dtype)
+    policy = Policy("long", model, tokenizer, TrainerConfig(gradient_checkpointing=checkpointing),
+                    temperature=TEMPERATURE, optimizer_steps=1)
+    samples = _samples(len(tokenizer), shared=20, rows=5)
+    group = _samples(len(tokenizer), shared=20, rows=2, seed=0)  # seed 0 again: row 0's opening
+    # the group's second row asks row 0's question (3 tokens), then has turns of its own
+    group[1] = TrainingSample(role="long", input_ids=group[0].input_ids[:23] + group[1].input_ids[24:],
+                              action_mask=[0] * 23 + group[1].action_mask[24:],
+                              logprobs=[0.0] * 23 + group[1].logprobs[24:], advantage=group[1].advantage)
+    batches = [MicroBatch.collate(rows, policy.pad_id, policy.device) for rows in (group, samples[1:2], samples[2:4])]
+    assert (batches[0].shared, batches[1].shared, batches[2].shared) == (22, 0, 20)
+    normalizer = float(sum(b.action_mask.sum() for b in batches))
+    opening = samples[0].input_ids[:20]
+    encoded = []  # (rows, length) of every forward that starts at the opening's first token
+    model.model.embed_tokens.register_forward_pre_hook(
+        lambda _, args: encoded.append(tuple(args[0].shape)) if args[0][0, :20].tolist() == opening else None)
+
+    def pass_grads(shared_once: bool) -> tuple[list[float], dict]:
+        policy.zero_grad()
+        encoded.clear()
+        prefix = policy.pass_prefix(batches) if shared_once else None
+        losses = []
+        for batch in batches:
+            logprobs, _ = policy.logprobs(batch, prefix=prefix)
+            terms = ppo_clip_loss(logprobs, batch.old_logprobs, batch.advantages, batch.action_mask, clip_eps=0.2,
+                                  normalizer=normalizer)
+            terms.loss.backward()
+            losses.append(float(terms.loss.detach()))
+        if prefix is not None:
+            assert prefix.length == 20
+            prefix.backward()
+        return losses, {name: p.grad.float().clone() for name, p in model.named_parameters()}
+
+    policy.train_mode()
+    once_losses, once = pass_grads(True)
+    assert encoded == [(1, 20)]  # the system prompt once; every micro-batch (and each recomputed row) starts after it
+    each_losses, each = pass_grads(False)
+    # the other two micro-batches encode their prefixes (22 and 20 tokens), the single row runs whole
+    assert encoded.count((1, 22)) == encoded.count((1, 20)) == 1
+    assert set(encoded) == {(1, 22), (1, 20), (1, len(samples[1].input_ids))}
+    tolerance = dict(atol=1e-6, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=5e-2)
+    assert once_losses == pytest.approx(each_losses, rel=tolerance["rtol"], abs=tolerance["atol"])
+    for name, grad in each.items():
+        assert torch.allclose(once[name], grad, **tolerance), name

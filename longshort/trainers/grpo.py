@@ -245,8 +245,9 @@ class GRPOTrainer:
         try:
             for update in range(tc.updates_per_batch):
                 policy.zero_grad()
+                prefix = policy.pass_prefix(batches)  # the system prompt: once per pass, not per micro-batch
                 for batch, ref in zip(batches, refs):
-                    logprobs, entropy = policy.logprobs(batch, with_entropy=update == 0)
+                    logprobs, entropy = policy.logprobs(batch, with_entropy=update == 0, prefix=prefix)
                     terms = ppo_clip_loss(logprobs, batch.old_logprobs, batch.advantages, batch.action_mask,
                                           clip_eps=tc.clip_eps, normalizer=max(total_tokens, 1), ref_logprobs=ref,
                                           kl_coef=tc.kl_coef, kl_estimator=tc.kl_estimator)
@@ -259,6 +260,9 @@ class GRPOTrainer:
                         sums["entropy"] += float(masked_sum(entropy, batch.action_mask))
                         sums["logprob_err"] += float(masked_sum((logprobs.detach() - batch.old_logprobs).abs(),
                                                                 batch.action_mask))
+                if prefix is not None:
+                    prefix.backward()
+                    policy.accumulate_grads()
                 sums["lr"] += policy.lr
                 sums["grad_norm"] += policy.step()
         finally:

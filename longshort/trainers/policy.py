@@ -22,6 +22,9 @@ log-softmax) in ``tests/test_policy_logprobs.py`` for equal log-probabilities, l
   lengths. The micro-batch's common prefix runs once as a batch of one; its keys and values are
   repeated for the rows (``repeat_interleave`` is differentiable, so the gradients of the rows meet
   in the one prefix forward), and each row's rest attends to them through the cache, as SFT does.
+  What every micro-batch of a pass shares (the system prompt) runs once per pass (``PassPrefix``):
+  the micro-batches read its keys and values as fp32 leaf tensors, whose gradients add up over the
+  micro-batches' backward passes and then flow through the prefix forward once.
 - **Logits at action tokens only, in chunks.** The output projection runs only at the positions
   that predict the agent's own tokens (not the partner's turns in between), ``LOGPROB_CHUNK`` of
   them at a time under activation checkpointing: the backward pass recomputes one chunk's logits
@@ -105,6 +108,33 @@ def shared_prefix(rows: Sequence[Sequence[int]], start: int) -> int:
     return common if common >= MIN_SHARED_PREFIX else 0
 
 
+class PassPrefix:
+    """The keys and values of the prefix common to every micro-batch of a pass, encoded once.
+
+    Micro-batches read them through ``cache()`` as copies of fp32 leaf tensors, so each micro-batch's
+    backward pass stops at the leaves and adds its share to their gradients (in fp32, whatever the
+    model's dtype); ``backward()`` then sends the sum through the prefix forward into the weights,
+    once. Gradients equal running the prefix in every micro-batch, to float rounding.
+    """
+
+    def __init__(self, length: int, computed: list[tuple[Tensor, Tensor]]):
+        self.length = length
+        self._computed = [tensor for pair in computed for tensor in pair]  # keys and values, layer by layer
+        self._leaves = [tensor.detach().float().requires_grad_(True) for tensor in self._computed]
+
+    def cache(self) -> DynamicCache:
+        """A fresh cache holding the prefix (in the model's dtype), for one micro-batch."""
+        cast = [leaf.to(computed.dtype) for leaf, computed in zip(self._leaves, self._computed)]
+        return DynamicCache(list(zip(cast[0::2], cast[1::2])))
+
+    def backward(self) -> None:
+        """Send the gradients the micro-batches left on the keys and values through the prefix forward."""
+        pairs = [(computed, leaf.grad.to(computed.dtype)) for computed, leaf in zip(self._computed, self._leaves)
+                 if leaf.grad is not None]
+        if pairs:
+            torch.autograd.backward([computed for computed, _ in pairs], [grad for _, grad in pairs])
+
+
 class Policy:
     """An agent's trainable model with its optimiser state.
 
@@ -137,13 +167,30 @@ class Policy:
         self.scheduler = cosine_schedule(self.optimizer, optimizer_steps, config.warmup_ratio)
 
     # ------------------------------------------------------------------ forward
-    def logprobs(self, batch: MicroBatch, *, reference: bool = False,
-                 with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    def pass_prefix(self, batches: Sequence[MicroBatch]) -> PassPrefix | None:
+        """The prefix common to all ``batches``, encoded once with gradients; None when there is only
+        one micro-batch (its own shared prefix is the same) or the common part is too short to pay."""
+        if len(batches) < 2:
+            return None
+        first = batches[0].input_ids[0]
+        common = min(b.shared if b.input_ids.shape[0] > 1 else b.start - 1 for b in batches)
+        for batch in batches[1:]:
+            differ = (batch.input_ids[0, :common] != first[:common]).nonzero()
+            common = int(differ[0]) if len(differ) else common
+        if common < MIN_SHARED_PREFIX:
+            return None
+        cache = returned_cache(self.model.base_model(input_ids=first[None, :common], use_cache=True))
+        return PassPrefix(common, [(layer.keys, layer.values) for layer in cache.layers])
+
+    def logprobs(self, batch: MicroBatch, *, reference: bool = False, with_entropy: bool = False,
+                 prefix: PassPrefix | None = None) -> tuple[Tensor, Tensor | None]:
         """Log-probabilities ``[B, L - start]`` of the action tokens among ``input_ids[:, start:]`` at the
         agent's temperature, and (without gradient) the entropy of each of their distributions; both
-        are 0 at the other positions, which every use masks out."""
+        are 0 at the other positions, which every use masks out. ``prefix`` (``pass_prefix``) supplies
+        the first positions' keys and values; the caller then owes it a ``backward()`` after the
+        micro-batches' own."""
         model = self.reference if reference else self.model
-        hidden, offset = self._hidden(model, batch)
+        hidden, offset = self._hidden(model, batch, prefix)
         width = batch.input_ids.shape[1]
         actions = batch.action_mask.bool()  # [B, L - start]; position p predicts token p + 1
         predicting = hidden[:, batch.start - 1 - offset: width - 1 - offset][actions]  # [N, hidden]
@@ -160,15 +207,19 @@ class Policy:
         entropy = zeros.masked_scatter(actions, torch.cat([p[1] for p in pieces])) if with_entropy else None
         return logprobs, entropy
 
-    def _hidden(self, model, batch: MicroBatch) -> tuple[Tensor, int]:
+    def _hidden(self, model, batch: MicroBatch, pass_prefix: PassPrefix | None) -> tuple[Tensor, int]:
         """The decoder's last hidden states of every row, without the first ``offset`` (shared) positions."""
         decoder = model.base_model
-        shared = batch.shared
-        prefix = None
-        if shared:
+        shared, prefix = batch.shared, None
+        if pass_prefix is not None:  # the pass's prefix, then what this micro-batch shares beyond it
+            shared, prefix = max(shared, pass_prefix.length), pass_prefix.cache()
+            if shared > pass_prefix.length:
+                prefix = returned_cache(decoder(input_ids=batch.input_ids[:1, pass_prefix.length:shared],
+                                                **cache_kwarg(prefix), use_cache=True))
+        elif shared:
             prefix = returned_cache(decoder(input_ids=batch.input_ids[:1, :shared], use_cache=True))
         if self.config.gradient_checkpointing and torch.is_grad_enabled():
-            return self._checkpointed_rows(decoder, batch, prefix), shared
+            return self._checkpointed_rows(decoder, batch, prefix, shared), shared
         if prefix is None:
             out = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
             return out.last_hidden_state, 0
@@ -177,9 +228,8 @@ class Policy:
                       **cache_kwarg(prefix), use_cache=True)
         return out.last_hidden_state, shared
 
-    def _checkpointed_rows(self, decoder, batch: MicroBatch, prefix) -> Tensor:
+    def _checkpointed_rows(self, decoder, batch: MicroBatch, prefix, shared: int) -> Tensor:
         """Each row's rest by itself under activation checkpointing, right-padded back into ``[B, L - shared]``."""
-        shared = batch.shared
         layers = [] if prefix is None else [(layer.keys, layer.values) for layer in prefix.layers]
         flat = [tensor for pair in layers for tensor in pair]  # checkpoint tracks gradients of tensor arguments
         lengths = batch.attention_mask.sum(dim=1).tolist()
