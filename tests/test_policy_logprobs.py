@@ -1,6 +1,7 @@
 """The RL update's forward pass (shared prefix, logits at action tokens only, chunked log-softmax) gives
 the log-probabilities, entropies, loss and gradients of the plain computation: every row run through
-the whole model and the full-vocabulary logits of the micro-batch log-softmaxed at once."""
+the whole model and the full-vocabulary logits of the micro-batch log-softmaxed at once. A pass's
+prompt encoded once for all its micro-batches gives the gradients of encoding it in each."""
 from __future__ import annotations
 
 import random
