@@ -312,6 +312,25 @@ def test_bad_requests(tiny, prompts):
     assert len(asyncio.run(engine.generate(prompts[0], GREEDY)).token_ids) == GREEDY.max_new_tokens
 
 
+def test_a_bad_request_fails_alone_among_waiting_ones(tiny, prompts):
+    """Six requests through two rows, the fourth with a token id outside the vocabulary: it fails when
+    its turn to join comes; the rows decoding then and the requests after it are answered."""
+    model, tokenizer = tiny
+    budgets = [SamplingParams(temperature=0.0, max_new_tokens=n) for n in (3, 6, 2, 4, 5, 3)]
+    many = [prompts[i % len(prompts)] for i in range(6)]
+    many[3] = [model.config.vocab_size + 5]
+
+    async def main(engine):
+        return await asyncio.gather(*(engine.generate(p, b) for p, b in zip(many, budgets)), return_exceptions=True)
+
+    engine = HFEngine(model, tokenizer, max_batch_size=2)
+    results = asyncio.run(main(engine))
+    assert isinstance(results[3], IndexError)
+    alone = [asyncio.run(HFEngine(model, tokenizer).generate(p, b)) for p, b in zip(many, budgets) if p != many[3]]
+    assert [r.token_ids for i, r in enumerate(results) if i != 3] == [r.token_ids for r in alone]
+    assert engine.stats.joined >= 1  # some requests joined running rows; the bad one failed alone
+
+
 def test_importing_engines_does_not_import_vllm():
     code = "import sys, longshort.engines; assert 'vllm' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

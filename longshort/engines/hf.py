@@ -244,17 +244,30 @@ class HFEngine:
         waiting = deque(requests)
         batch: _Batch | None = None
         with torch.inference_mode():
-            while waiting or batch.requests:
+            while waiting or (batch is not None and batch.requests):
                 with lock:
                     if batch is None or not batch.requests:
-                        batch = self._prefill(self._next(waiting, self.max_batch_size))
+                        batch = self._admit(self._next(waiting, self.max_batch_size))
+                        if batch is None:
+                            continue
                         self.stats.batches += 1
                     elif waiting and len(batch.requests) < self.max_batch_size and _plain_layers(batch.cache):
-                        joining = self._next(waiting, self.max_batch_size - len(batch.requests))
-                        batch = _merged(batch, self._prefill(joining), self._in_place)
-                        self.stats.joined += len(joining)
+                        joining = self._admit(self._next(waiting, self.max_batch_size - len(batch.requests)))
+                        if joining is not None:
+                            batch = _merged(batch, joining, self._in_place)
+                            self.stats.joined += len(joining.requests)
                     self.stats.largest_batch = max(self.stats.largest_batch, len(batch.requests))
                     self._step(batch)
+
+    def _admit(self, requests: list[_Request]) -> _Batch | None:
+        """``requests`` prefilled as a batch; if that fails (a token id outside the vocabulary), they get
+        the error and None is returned, so the rows already decoding and the requests after them go on."""
+        try:
+            return self._prefill(requests)
+        except Exception as error:
+            for request in requests:
+                request.future.get_loop().call_soon_threadsafe(_reject, request.future, error)
+            return None
 
     def _next(self, waiting: deque[_Request], n: int) -> list[_Request]:
         """The next ``n`` waiting requests (fewer if fewer wait), each given its own random stream."""
@@ -550,6 +563,11 @@ def _plain_layers(cache: Cache) -> bool:
 def _resolve(future: asyncio.Future, generation: Generation) -> None:
     if not future.done():  # the caller may have been cancelled meanwhile
         future.set_result(generation)
+
+
+def _reject(future: asyncio.Future, error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 def _eos_ids(model, tokenizer) -> frozenset[int]:
