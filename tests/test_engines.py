@@ -65,12 +65,15 @@ def test_max_batch_size_splits_pending_requests(tiny, prompts):
     assert engine.stats.batches == 3 and engine.stats.largest_batch == 4
 
 
-def test_waiting_requests_join_as_rows_leave(tiny, prompts):
+def test_waiting_requests_join_as_rows_leave(tiny, prompts, monkeypatch):
     """More requests than rows: each waiting one takes the place of a finished row (its prefill merged
     into the running batch), and samples exactly what it would have in one batch of all of them."""
     budgets = [SamplingParams(temperature=1.0, max_new_tokens=n) for n in (9, 2, 14, 5, 1, 11, 3, 7, 20, 4)]
     many = [prompts[i % len(prompts)] + [i] for i in range(len(budgets))]  # contexts of different widths
     together, narrow = HFEngine(*tiny, seed=5), HFEngine(*tiny, seed=5, max_batch_size=3)
+    widths = []
+    merge = hf._merged
+    monkeypatch.setattr(hf, "_merged", lambda *args: widths.append((merged := merge(*args)).mask.shape[1]) or merged)
     expected, results = run_all(together, many, budgets), run_all(narrow, many, budgets)
     assert [r.token_ids for r in results] == [r.token_ids for r in expected]
     for result, reference in zip(results, expected):
@@ -79,6 +82,8 @@ def test_waiting_requests_join_as_rows_leave(tiny, prompts):
     assert together.stats.joined == 0
     # the batch stays full while requests wait: 3 rows per decode step until the last 3 run out
     assert narrow.stats.forward_passes < together.stats.forward_passes + 7 + sum(b.max_new_tokens for b in budgets) // 3
+    # columns no row uses any more are dropped: the batch is never wider than its longest row's context
+    assert len(widths) == 7 and max(widths) <= max(len(p) + b.max_new_tokens for p, b in zip(many, budgets))
 
 
 def test_a_sliding_window_model_serves_waiting_requests_batch_after_batch(tiny):

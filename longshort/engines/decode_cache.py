@@ -102,3 +102,12 @@ def grow(cache: Cache | None) -> Cache | None:
 def from_tensors(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> Cache:
     """A cache of ``GrowingLayer`` s holding the given per-layer keys and values."""
     return Cache(layers=[GrowingLayer(keys, values) for keys, values in layers])
+
+
+def from_buffers(layers: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> Cache:
+    """A cache of ``GrowingLayer`` s that take the given per-layer tensors as their buffers, the first
+    ``length`` positions valid and the rest free (no copy now, and none at the next ``length`` steps)."""
+    cache = Cache(layers=[GrowingLayer(keys[..., :length, :], values[..., :length, :]) for keys, values in layers])
+    for layer, (keys, values) in zip(cache.layers, layers):
+        layer._key_buffer, layer._value_buffer = keys, values
+    return cache

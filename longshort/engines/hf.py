@@ -48,7 +48,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from longshort.engines.base import Generation, SamplingParams
 from longshort.engines.decode_attention import use_for_decoding
-from longshort.engines.decode_cache import GrowingLayer, from_tensors, grow, masks_free_positions
+from longshort.engines.decode_cache import GrowingLayer, from_buffers, from_tensors, grow, masks_free_positions
 from longshort.engines.kv_reuse import KVEntry, KVStore, PrefixCache, shared_openings
 from longshort.engines.hf_cache import cache_kwarg, returned_cache
 from longshort.registry import ENGINES
@@ -153,6 +153,7 @@ class HFEngine:
     """
 
     SETTLE_TICKS = 3  # event-loop ticks without a new request before a batch starts
+    JOIN_FRACTION = 4  # waiting requests join when a quarter of the rows are free (benchmarks/refill.py)
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 32, device: str | torch.device | None = None,
                  seed: int | None = None, kv_cache_budget: int = DEFAULT_KV_CACHE_BUDGET):
@@ -167,6 +168,8 @@ class HFEngine:
         use_for_decoding(self.model)
         self._in_place = masks_free_positions(self.model)  # decode steps write the cache in place (decode_cache)
         self._streams = random.Random(seed) if seed is not None else None  # seeds of the requests' own streams
+        # waiting requests join once this many rows are free: each join is a prefill and a copy of the cache
+        self._join_rows = max(1, max_batch_size // self.JOIN_FRACTION)
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = next((i for i in (tokenizer.pad_token_id, *sorted(self.eos_ids)) if i is not None), 0)
         self.stats = EngineStats()
@@ -251,7 +254,8 @@ class HFEngine:
                         if batch is None:
                             continue
                         self.stats.batches += 1
-                    elif waiting and len(batch.requests) < self.max_batch_size and _plain_layers(batch.cache):
+                    elif (len(waiting) and self.max_batch_size - len(batch.requests) >= self._join_rows
+                          and _plain_layers(batch.cache)):
                         joining = self._admit(self._next(waiting, self.max_batch_size - len(batch.requests)))
                         if joining is not None:
                             batch = _merged(batch, joining, self._in_place)
@@ -527,20 +531,29 @@ def _device_lock(device: torch.device) -> threading.Lock:
 
 def _merged(running: _Batch, joining: _Batch, in_place: bool) -> _Batch:
     """One batch of ``running``'s rows followed by ``joining``'s. Both are left-padded to the wider
-    context, the padding masked, so each row keeps its keys, values and positions."""
-    width = max(running.mask.shape[1], joining.mask.shape[1])
-    layers = [(_stacked(a.keys, b.keys, width, dim=-2), _stacked(a.values, b.values, width, dim=-2))
+    context, the padding masked, so each row keeps its keys, values and positions.
+
+    Columns that none of the running rows uses any more (the rows that needed them have left) are
+    dropped: otherwise the batch would only ever widen as requests stream through it, and every
+    decode step attends over its whole width. For the in-place cache the merged keys and values are
+    written straight into buffers with free positions."""
+    lead = int(running.mask.any(dim=0).nonzero()[0])
+    width = max(running.mask.shape[1] - lead, joining.mask.shape[1])
+    room = width + GrowingLayer.HEADROOM if in_place else None
+    layers = [(_stacked(a.keys[..., lead:, :], b.keys, width, dim=-2, room=room),
+               _stacked(a.values[..., lead:, :], b.values, width, dim=-2, room=room))
               for a, b in zip(running.cache.layers, joining.cache.layers)]
     return _Batch(running.requests + joining.requests, torch.cat([running.logits, joining.logits]),
-                  from_tensors(layers) if in_place else DynamicCache(layers),
-                  _stacked(running.mask, joining.mask, width, dim=-1),
+                  from_buffers(layers, width) if in_place else DynamicCache(layers),
+                  _stacked(running.mask[:, lead:], joining.mask, width, dim=-1),
                   torch.cat([running.positions, joining.positions]), running.sampler.extended(joining.sampler))
 
 
-def _stacked(first: torch.Tensor, second: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    """``first``'s rows then ``second``'s, each at the end of ``width`` positions along ``dim`` (zeros before)."""
+def _stacked(first: torch.Tensor, second: torch.Tensor, width: int, dim: int, room: int | None = None) -> torch.Tensor:
+    """``first``'s rows then ``second``'s, each ending at position ``width`` along ``dim`` (zeros before it,
+    and after it up to ``room`` positions)."""
     shape = list(first.shape)
-    shape[0], shape[dim] = first.shape[0] + second.shape[0], width
+    shape[0], shape[dim] = first.shape[0] + second.shape[0], room or width
     out = first.new_zeros(shape)
     out[: first.shape[0]].narrow(dim, width - first.shape[dim], first.shape[dim]).copy_(first)
     out[first.shape[0]:].narrow(dim, width - second.shape[dim], second.shape[dim]).copy_(second)
