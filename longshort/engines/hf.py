@@ -7,7 +7,9 @@ decodes them as one left-padded batch with a KV cache. Rows leave the batch as t
 request is answered the moment it finishes, so its episode can move on (e.g. to a partner agent
 served by another engine) while the rest decode. Requests pending beyond ``max_batch_size`` when a
 batch starts join it as rows leave (prefilled as a small batch, then merged in), so an evaluation of
-hundreds of problems decodes full batches instead of waiting each batch out to its longest row.
+hundreds of problems decodes full batches instead of waiting each batch out to its longest row (on a
+2-core CPU that gains nothing measurable, since a step's cost grows with its rows there:
+``benchmarks/refill.py``).
 Each request samples from its own random stream, so its tokens do not depend on which rows it shares
 a batch with.
 
@@ -238,7 +240,8 @@ class HFEngine:
 
     def _decode(self, requests: list[_Request]) -> None:
         """Decode ``requests`` to the end (worker thread), at most ``max_batch_size`` rows at a time.
-        Finished rows are answered and dropped; waiting requests take their places.
+        Finished rows are answered and dropped; waiting requests take their places once a quarter of
+        the rows is free (``JOIN_FRACTION``).
 
         The device lock is taken per step, not per batch, so two engines (two agents' models) take
         turns step by step instead of one waiting for the other's whole batch.
@@ -254,7 +257,7 @@ class HFEngine:
                         if batch is None:
                             continue
                         self.stats.batches += 1
-                    elif (len(waiting) and self.max_batch_size - len(batch.requests) >= self._join_rows
+                    elif (waiting and self.max_batch_size - len(batch.requests) >= self._join_rows
                           and _plain_layers(batch.cache)):
                         joining = self._admit(self._next(waiting, self.max_batch_size - len(batch.requests)))
                         if joining is not None:
