@@ -41,6 +41,13 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(keys, values)
             self.keys, self.values = keys, values  # copied into a buffer at the first update
 
+    @classmethod
+    def over(cls, key_buffer: torch.Tensor, value_buffer: torch.Tensor, length: int) -> "GrowingLayer":
+        """A layer whose buffers are ``key_buffer`` and ``value_buffer``, their first ``length`` positions valid."""
+        layer = cls(key_buffer[..., :length, :], value_buffer[..., :length, :])
+        layer._key_buffer, layer._value_buffer = key_buffer, value_buffer
+        return layer
+
     def _capacity(self) -> int:
         return 0 if self._key_buffer is None else self._key_buffer.shape[-2]
 
@@ -105,9 +112,6 @@ def from_tensors(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> Cache:
 
 
 def from_buffers(layers: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> Cache:
-    """A cache of ``GrowingLayer`` s that take the given per-layer tensors as their buffers, the first
-    ``length`` positions valid and the rest free (no copy now, and none at the next ``length`` steps)."""
-    cache = Cache(layers=[GrowingLayer(keys[..., :length, :], values[..., :length, :]) for keys, values in layers])
-    for layer, (keys, values) in zip(cache.layers, layers):
-        layer._key_buffer, layer._value_buffer = keys, values
-    return cache
+    """A cache of ``GrowingLayer`` s over the given per-layer key and value buffers, the first ``length``
+    positions valid and the rest free: nothing is copied now, nor until the free positions run out."""
+    return Cache(layers=[GrowingLayer.over(keys, values, length) for keys, values in layers])
