@@ -94,8 +94,9 @@ def test_a_sliding_window_model_serves_waiting_requests_batch_after_batch(tiny):
     tokenizer = tiny[1]
     config = MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=4, sliding_window=8)
-    torch.manual_seed(0)
-    model = MistralForCausalLM(config).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MistralForCausalLM(config).eval()
     prompt = tokenizer("Solve for x: 3x + 5 = 20").input_ids
     many = [prompt + [i] for i in range(10)]  # one width: no padding in any batch
     budgets = [SamplingParams(temperature=0.0, max_new_tokens=n) for n in (9, 2, 14, 5, 1, 11, 3, 7, 20, 4)]
