@@ -172,14 +172,12 @@ class Policy:
         one micro-batch (its own shared prefix is the same) or the common part is too short to pay."""
         if len(batches) < 2:
             return None
-        first = batches[0].input_ids[0]
-        common = min(b.shared if b.input_ids.shape[0] > 1 else b.start - 1 for b in batches)
-        for batch in batches[1:]:
-            differ = (batch.input_ids[0, :common] != first[:common]).nonzero()
-            common = int(differ[0]) if len(differ) else common
-        if common < MIN_SHARED_PREFIX:
+        # a micro-batch's rows agree up to its own shared prefix (a single row: up to its first prediction)
+        limits = [b.shared if b.input_ids.shape[0] > 1 else b.start - 1 for b in batches]
+        common = shared_prefix([b.input_ids[0, :limit].tolist() for b, limit in zip(batches, limits)], min(limits) + 1)
+        if not common:
             return None
-        cache = returned_cache(self.model.base_model(input_ids=first[None, :common], use_cache=True))
+        cache = returned_cache(self.model.base_model(input_ids=batches[0].input_ids[:1, :common], use_cache=True))
         return PassPrefix(common, [(layer.keys, layer.values) for layer in cache.layers])
 
     def logprobs(self, batch: MicroBatch, *, reference: bool = False, with_entropy: bool = False,
