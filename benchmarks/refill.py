@@ -24,19 +24,13 @@ import time
 
 import torch
 
+from longshort.analysis.chains import THINK_SYSTEM_PROMPT
 from longshort.data.synthetic import synthetic_problems
 from longshort.engines import HFEngine, SamplingParams
 from longshort.engines.base import Generation
 from longshort.models import load_model, tiny_model
 
-SYSTEM = ("Solve the problem step by step. Write each step as its own short paragraph, separated by a blank "
-          "line. Then give the final answer in \\boxed{}.")
-
-
-def render(tokenizer, prompt: str) -> list[int]:
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                              return_dict=True)["input_ids"])
+from rollout_throughput import render_prompts  # benchmarks/, beside this script
 
 
 def serve(engine: HFEngine, prompts: list[list[int]], sampling: SamplingParams, chunk: int | None
@@ -71,7 +65,7 @@ def main() -> None:
     model, tokenizer = tiny_model(seed=args.seed) if args.tiny else load_model(args.model, dtype=args.dtype,
                                                                                 device="cpu")
     problems = synthetic_problems(args.requests, min_steps=1, max_steps=3, seed=args.seed)
-    prompts = [render(tokenizer, p.prompt) for p in problems]
+    prompts = render_prompts(tokenizer, problems, THINK_SYSTEM_PROMPT)  # the long-CoT recipe's prompt
     sampling = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
     print(f"model={'tiny' if args.tiny else args.model} dtype={next(model.parameters()).dtype} "
           f"requests={args.requests} rows={args.batch} max_new_tokens={args.max_new_tokens} T={args.temperature} "

@@ -37,11 +37,11 @@ SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}
 STOPS = ("</think>", "</answer>", "</rethink>")
 
 
-def render_prompts(tokenizer, problems: list[Problem]) -> list[list[int]]:
-    """Each problem as the chat-templated prompt a single agent would see."""
+def render_prompts(tokenizer, problems: list[Problem], system: str = SYSTEM) -> list[list[int]]:
+    """Each problem as the chat-templated prompt a single agent with ``system`` as its prompt would see."""
     prompts = []
     for problem in problems:
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": problem.prompt}]
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": problem.prompt}]
         rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
         prompts.append(list(rendered["input_ids"]))
     return prompts
