@@ -125,9 +125,8 @@ def trainer_for(args, out: str) -> GRPOTrainer:
                  "agents.long.model.device=" + args.device, "agents.short.model.device=" + args.device]
     if not args.real_env:
         overrides.append("env.name=long_short_forced")
-    for role in ("long", "short"):  # a run's SFT weights (rl_update.py --weights), else the recipe's base model
-        if getattr(args, "weights", None):
-            overrides.append(f"agents.{role}.model.name_or_path={args.weights}/sft/{role}/final")
+    if getattr(args, "weights", None):  # a run's SFT weights (rl_update.py --weights), else the recipe's base model
+        overrides += [f"agents.{role}.model.name_or_path={args.weights}/sft/{role}/final" for role in ("long", "short")]
     config = load_config("tiny", overrides)
     models = None
     if args.tiny:

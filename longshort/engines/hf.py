@@ -8,8 +8,7 @@ request is answered the moment it finishes, so its episode can move on (e.g. to 
 served by another engine) while the rest decode. Requests pending beyond ``max_batch_size`` when a
 batch starts join it as rows leave (prefilled as a small batch, then merged in), so an evaluation of
 hundreds of problems decodes full batches instead of waiting each batch out to its longest row (on a
-2-core CPU that gains nothing measurable, since a step's cost grows with its rows there:
-``benchmarks/refill.py``).
+2-core CPU that gained nothing measurable: ``benchmarks/refill.py``, README).
 Each request samples from its own random stream, so its tokens do not depend on which rows it shares
 a batch with.
 
