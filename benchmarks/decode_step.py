@@ -6,11 +6,17 @@ step for a batch of left-padded rows of real text at a few context lengths, the 
 bf16 model how far each one's next-token distributions are from fp32 SDPA's (total variation
 distance: bf16 rounding either way; in fp32 the tests hold them equal to 1e-5).
 
-    python benchmarks/decode_step.py [--batch 32] [--contexts 128 256 512] [--steps 32]
+    python benchmarks/decode_step.py [--batch 32] [--contexts 128 256 512] [--steps 32] [--breakdown]
+
+``--breakdown`` then profiles the engine's path (torch.profiler, operators' self time) and splits a
+step into the weight matrix products (every ``nn.Linear``, the vocabulary head included, with the rate
+they ran at), attention and the rest: whether a faster step needs fewer or faster matrix products
+or less of everything around them.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import time
 
@@ -25,25 +31,46 @@ from longshort.models import load_model
 WAYS = {"transformers": ("sdpa", False), "decode attention": (NAME, False), "+ in-place cache": (NAME, True)}
 
 
+PARTS = {"weight matrix products": ("aten::mm", "aten::addmm"),
+         "attention": ("aten::bmm", "aten::_softmax", "aten::masked_fill_", "aten::bitwise_not")}
+
+
 def decode(model, prompt: torch.Tensor, mask: torch.Tensor, steps: int, in_place: bool,
-           forced: torch.Tensor | None = None) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """Seconds per decode step after a prefill, the tokens fed (greedy, or ``forced``) and their log-probabilities."""
+           forced: torch.Tensor | None = None, around=contextlib.nullcontext) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Seconds per decode step after a prefill, the tokens fed (greedy, or ``forced``) and their log-probabilities;
+    ``around`` is entered for the decode steps only (not the prefill)."""
     keep = grow if in_place else (lambda cache: cache)
     with torch.inference_mode():
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=prompt, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         position, tokens, logprobs = positions[:, -1:] + 1, [], []
         began = time.perf_counter()
-        for step in range(steps):
-            token = out.logits[:, -1].argmax(-1, keepdim=True) if forced is None else forced[step]
-            tokens.append(token)
-            mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
-            out = model(input_ids=token, attention_mask=mask, position_ids=position,
-                        **cache_kwarg(keep(returned_cache(out))), use_cache=True, logits_to_keep=1)
-            position = position + 1
-            logprobs.append(out.logits[:, -1].float().log_softmax(-1))
+        with around():
+            for step in range(steps):
+                token = out.logits[:, -1].argmax(-1, keepdim=True) if forced is None else forced[step]
+                tokens.append(token)
+                mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+                out = model(input_ids=token, attention_mask=mask, position_ids=position,
+                            **cache_kwarg(keep(returned_cache(out))), use_cache=True, logits_to_keep=1)
+                position = position + 1
+                logprobs.append(out.logits[:, -1].float().log_softmax(-1))
         seconds = (time.perf_counter() - began) / steps
     return seconds, torch.stack(tokens), torch.stack(logprobs)
+
+
+def breakdown(model, prompt: torch.Tensor, mask: torch.Tensor, steps: int) -> None:
+    """Print where the engine's decode step goes: ``PARTS`` by operators' self time under torch.profiler."""
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+    decode(model, prompt, mask, steps, True, around=lambda: profiler)
+    spent = {event.key: event.self_cpu_time_total / 1e3 / steps for event in profiler.key_averages()}  # ms per step
+    total = sum(spent.values())
+    weights = sum(module.weight.numel() for module in model.modules() if isinstance(module, torch.nn.Linear))
+    parts = {name: sum(spent.get(key, 0.0) for key in keys) for name, keys in PARTS.items()}
+    parts["everything else"] = total - sum(parts.values())
+    rate = 2 * weights * len(prompt) / (parts["weight matrix products"] / 1e3) / 1e9
+    print(f"    where a step goes (profiled, {total:.1f} ms/step with the profiler's overhead): "
+          + ", ".join(f"{name} {ms:.1f} ms ({ms / total:.0%})" for name, ms in parts.items())
+          + f"; the weight products ran at {rate:.0f} GFLOP/s")
 
 
 def main() -> None:
@@ -53,6 +80,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32, help="decode steps per measurement (the in-place cache "
                         "grows every 64 positions, so steps of 64 or more include its copies)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--breakdown", action="store_true", help="also profile the engine's path (see docstring)")
     args = parser.parse_args()
     model, tokenizer = load_model("smollm2-135m")
     text = " ".join(p.prompt + " " + " ".join(p.meta["steps"]) for p in synthetic_problems(400, seed=0))
@@ -80,6 +108,9 @@ def main() -> None:
         base = best["transformers"]
         print(f"context {context:4d}: " + ", ".join(f"{way} {1000 * s:6.1f} ms/step ({base / s:.2f}x)"
                                                     for way, s in best.items()))
+        if args.breakdown:
+            model.set_attn_implementation(NAME)
+            breakdown(model, prompt, mask, args.steps)
         if reference is not None:  # how far each is from fp32: bf16 rounding either way
             _, _, exact = decode(reference, prompt, mask, args.steps, False, tokens)
             for way, values in logprobs.items():
