@@ -29,14 +29,13 @@ from longshort.engines.hf_cache import cache_kwarg, returned_cache
 from longshort.models import load_model
 
 WAYS = {"transformers": ("sdpa", False), "decode attention": (NAME, False), "+ in-place cache": (NAME, True)}
-
-
 PARTS = {"weight matrix products": ("aten::mm", "aten::addmm"),
          "attention": ("aten::bmm", "aten::_softmax", "aten::masked_fill_", "aten::bitwise_not")}
 
 
 def decode(model, prompt: torch.Tensor, mask: torch.Tensor, steps: int, in_place: bool,
-           forced: torch.Tensor | None = None, around=contextlib.nullcontext) -> tuple[float, torch.Tensor, torch.Tensor]:
+           forced: torch.Tensor | None = None, around=contextlib.nullcontext
+           ) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Seconds per decode step after a prefill, the tokens fed (greedy, or ``forced``) and their log-probabilities;
     ``around`` is entered for the decode steps only (not the prefill)."""
     keep = grow if in_place else (lambda cache: cache)
