@@ -1,8 +1,7 @@
-"""A decode step of SmolLM2-135M (bf16 where the CPU runs it natively) four ways, alternating in one
+"""A decode step of SmolLM2-135M (bf16 where the CPU runs it natively) three ways, alternating in one
 process and fed the same tokens: transformers as it comes (SDPA attention, a ``DynamicCache`` that
-appends with ``torch.cat``), with ``longshort.engines.decode_attention``, with that plus the in-place
-cache of ``longshort.engines.decode_cache``, and with both run by ``longshort.engines.llama_decode``
-instead of the model's forward (the HF engine's path on CPU). Milliseconds per
+appends with ``torch.cat``), with ``longshort.engines.decode_attention``, and with that plus the
+in-place cache of ``longshort.engines.decode_cache`` (the HF engine's path on CPU). Milliseconds per
 step for a batch of left-padded rows of real text at a few context lengths, the ratios, and for a
 bf16 model how far each one's next-token distributions are from fp32 SDPA's (total variation
 distance: bf16 rounding either way; in fp32 the tests hold them equal to 1e-5).
@@ -27,41 +26,33 @@ from longshort.data import synthetic_problems
 from longshort.engines.decode_attention import NAME
 from longshort.engines.decode_cache import grow
 from longshort.engines.hf_cache import cache_kwarg, returned_cache
-from longshort.engines.llama_decode import LlamaDecodeStep
 from longshort.models import load_model
 
-WAYS = {"transformers": ("sdpa", False, False), "decode attention": (NAME, False, False),
-        "+ in-place cache": (NAME, True, False), "+ Llama decode step": (NAME, True, True)}
+WAYS = {"transformers": ("sdpa", False), "decode attention": (NAME, False), "+ in-place cache": (NAME, True)}
 PARTS = {"weight matrix products": ("aten::mm", "aten::addmm"),
          "attention": ("aten::bmm", "aten::_softmax", "aten::masked_fill_", "aten::bitwise_not")}
 
 
 def decode(model, prompt: torch.Tensor, mask: torch.Tensor, steps: int, in_place: bool,
-           forced: torch.Tensor | None = None, around=contextlib.nullcontext, fused: bool = False
+           forced: torch.Tensor | None = None, around=contextlib.nullcontext
            ) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Seconds per decode step after a prefill, the tokens fed (greedy, or ``forced``) and their log-probabilities;
-    ``around`` is entered for the decode steps only (not the prefill); ``fused``: by ``LlamaDecodeStep``."""
+    ``around`` is entered for the decode steps only (not the prefill)."""
     keep = grow if in_place else (lambda cache: cache)
-    step = LlamaDecodeStep.for_model(model) if fused else None
     with torch.inference_mode():
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=prompt, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        logits, cache = out.logits[:, -1], keep(returned_cache(out))
         position, tokens, logprobs = positions[:, -1:] + 1, [], []
         began = time.perf_counter()
         with around():
-            for index in range(steps):
-                token = logits.argmax(-1, keepdim=True) if forced is None else forced[index]
+            for step in range(steps):
+                token = out.logits[:, -1].argmax(-1, keepdim=True) if forced is None else forced[step]
                 tokens.append(token)
                 mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
-                if step is not None:
-                    logits = step(token, mask, position, cache, weights=0)
-                else:
-                    out = model(input_ids=token, attention_mask=mask, position_ids=position, **cache_kwarg(cache),
-                                use_cache=True, logits_to_keep=1)
-                    logits, cache = out.logits[:, -1], keep(returned_cache(out))
+                out = model(input_ids=token, attention_mask=mask, position_ids=position,
+                            **cache_kwarg(keep(returned_cache(out))), use_cache=True, logits_to_keep=1)
                 position = position + 1
-                logprobs.append(logits.float().log_softmax(-1))
+                logprobs.append(out.logits[:, -1].float().log_softmax(-1))
         seconds = (time.perf_counter() - began) / steps
     return seconds, torch.stack(tokens), torch.stack(logprobs)
 
@@ -69,7 +60,7 @@ def decode(model, prompt: torch.Tensor, mask: torch.Tensor, steps: int, in_place
 def breakdown(model, prompt: torch.Tensor, mask: torch.Tensor, steps: int) -> None:
     """Print where the engine's decode step goes: ``PARTS`` by operators' self time under torch.profiler."""
     profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-    decode(model, prompt, mask, steps, True, around=lambda: profiler, fused=True)
+    decode(model, prompt, mask, steps, True, around=lambda: profiler)
     spent = {event.key: event.self_cpu_time_total / 1e3 / steps for event in profiler.key_averages()}  # ms per step
     total = sum(spent.values())
     weights = sum(module.weight.numel() for module in model.modules() if isinstance(module, torch.nn.Linear))
@@ -108,9 +99,9 @@ def main() -> None:
         seconds: dict[str, list[float]] = {way: [] for way in WAYS}
         logprobs, tokens = {}, None
         for _ in range(args.repeats):
-            for way, (attention, in_place, fused) in WAYS.items():  # the same tokens fed to all: the first way's
-                model.set_attn_implementation(attention)                # greedy choices
-                took, tokens, logprobs[way] = decode(model, prompt, mask, args.steps, in_place, tokens, fused=fused)
+            for way, (attention, in_place) in WAYS.items():  # the same tokens fed to all: the first way's greedy choices
+                model.set_attn_implementation(attention)
+                took, tokens, logprobs[way] = decode(model, prompt, mask, args.steps, in_place, tokens)
                 seconds[way].append(took)
         best = {way: min(values) for way, values in seconds.items()}
         base = best["transformers"]

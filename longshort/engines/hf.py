@@ -33,8 +33,7 @@ turn prefills only its question. With ``kv_cache_budget=0`` nothing is reused of
 
 On CPU a decode step's attention is computed by ``decode_attention`` (two small matmuls) instead of
 SDPA's flash kernel, which is built for long queries; prefill and training keep SDPA. Decode steps
-append to the cache in place (``decode_cache``) instead of copying it with ``torch.cat``, and for a
-plain Llama run through ``llama_decode`` instead of the model's forward (q/k/v and gate/up stacked).
+append to the cache in place (``decode_cache``) instead of copying it with ``torch.cat``.
 """
 from __future__ import annotations
 
@@ -53,7 +52,6 @@ from longshort.engines.decode_attention import use_for_decoding
 from longshort.engines.decode_cache import GrowingLayer, from_buffers, from_tensors, grow, masks_free_positions
 from longshort.engines.kv_reuse import KVEntry, KVStore, PrefixCache, shared_openings
 from longshort.engines.hf_cache import cache_kwarg, returned_cache
-from longshort.engines.llama_decode import LlamaDecodeStep
 from longshort.registry import ENGINES
 
 
@@ -170,7 +168,6 @@ class HFEngine:
             self.model.to(self.device)
         use_for_decoding(self.model)
         self._in_place = masks_free_positions(self.model)  # decode steps write the cache in place (decode_cache)
-        self._decode_step = LlamaDecodeStep.for_model(self.model)  # decode steps without the module layer, or None
         self._streams = random.Random(seed) if seed is not None else None  # seeds of the requests' own streams
         # waiting requests join once this many rows are free: each join is a prefill and a copy of the cache
         self._join_rows = max(1, max_batch_size // self.JOIN_FRACTION)
@@ -411,8 +408,6 @@ class HFEngine:
         """Last-position logits in fp32 (sampling and log-probabilities need the precision), and the cache."""
         self.stats.forward_passes += 1
         self.stats.forward_rows += input_ids.shape[0]
-        if self._decode_step is not None and input_ids.shape[1] == 1 and LlamaDecodeStep.applies(cache):
-            return self._decode_step(input_ids, mask, positions, cache, self._weights).float(), cache
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                          **cache_kwarg(cache), use_cache=True, logits_to_keep=1)
         cache = returned_cache(out)
