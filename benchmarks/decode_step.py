@@ -26,10 +26,13 @@ from longshort.data import synthetic_problems
 from longshort.engines.decode_attention import NAME
 from longshort.engines.decode_cache import grow
 from longshort.engines.hf_cache import cache_kwarg, returned_cache
+from longshort.engines.packed_weights import PackedWeights
+from longshort.engines.packed_weights import applies as packed_applies
 from longshort.models import load_model
 
-WAYS = {"transformers": ("sdpa", False), "decode attention": (NAME, False), "+ in-place cache": (NAME, True)}
-PARTS = {"weight matrix products": ("aten::mm", "aten::addmm"),
+WAYS = {"transformers": ("sdpa", False, False), "decode attention": (NAME, False, False),
+        "+ in-place cache": (NAME, True, False), "+ packed weights": (NAME, True, True)}
+PARTS = {"weight matrix products": ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise"),
          "attention": ("aten::bmm", "aten::_softmax", "aten::masked_fill_", "aten::bitwise_not")}
 
 
@@ -99,9 +102,10 @@ def main() -> None:
         seconds: dict[str, list[float]] = {way: [] for way in WAYS}
         logprobs, tokens = {}, None
         for _ in range(args.repeats):
-            for way, (attention, in_place) in WAYS.items():  # the same tokens fed to all: the first way's greedy choices
-                model.set_attn_implementation(attention)
-                took, tokens, logprobs[way] = decode(model, prompt, mask, args.steps, in_place, tokens)
+            for way, (attention, in_place, packed) in WAYS.items():  # the same tokens fed to all: the first way's
+                model.set_attn_implementation(attention)                  # greedy choices
+                with PackedWeights(model).installed(0) if packed else contextlib.nullcontext():
+                    took, tokens, logprobs[way] = decode(model, prompt, mask, args.steps, in_place, tokens)
                 seconds[way].append(took)
         best = {way: min(values) for way, values in seconds.items()}
         base = best["transformers"]
@@ -109,7 +113,8 @@ def main() -> None:
                                                     for way, s in best.items()))
         if args.breakdown:
             model.set_attn_implementation(NAME)
-            breakdown(model, prompt, mask, args.steps)
+            with PackedWeights(model).installed(0) if packed_applies(model) else contextlib.nullcontext():
+                breakdown(model, prompt, mask, args.steps)
         if reference is not None:  # how far each is from fp32: bf16 rounding either way
             _, _, exact = decode(reference, prompt, mask, args.steps, False, tokens)
             for way, values in logprobs.items():

@@ -242,8 +242,10 @@ def test_bf16_model_trains_through_fp32_master_weights(tmp_path):
     assert any(not torch.equal(m, s) for m, s in zip(policy.master, start))
     # ... and the model always holds the master weights rounded to bf16
     assert all(torch.equal(p, m.to(torch.bfloat16)) for p, m in zip(policy.params, policy.master))
-    # the applied gradients are not carried into the next rollout (fp32: 4 bytes a parameter)
+    # the applied gradients are not carried into the next rollout (fp32: 4 bytes a parameter), nor the
+    # engine's laid-out weights (engines/packed_weights.py) into the update
     assert all(m.grad is None for m in policy.master) and all(p.grad is None for p in policy.params)
+    assert trainer.engines["solo"]._packed is None or not trainer.engines["solo"]._packed._layers
     # a checkpoint keeps the fp32 masters (tied embeddings included), so a resumed run continues from them
     trainer.save(1)
     fresh, tokenizer = tiny_pair()

@@ -33,11 +33,14 @@ turn prefills only its question. With ``kv_cache_budget=0`` nothing is reused of
 
 On CPU a decode step's attention is computed by ``decode_attention`` (two small matmuls) instead of
 SDPA's flash kernel, which is built for long queries; prefill and training keep SDPA. Decode steps
-append to the cache in place (``decode_cache``) instead of copying it with ``torch.cat``.
+append to the cache in place (``decode_cache``) instead of copying it with ``torch.cat``. A bf16 model's
+linear layers run, while the engine generates, on copies of their weights laid out once for oneDNN
+(``packed_weights``): the same products bit for bit, without re-laying every weight at every step.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 from collections import deque
@@ -52,6 +55,8 @@ from longshort.engines.decode_attention import use_for_decoding
 from longshort.engines.decode_cache import GrowingLayer, from_buffers, from_tensors, grow, masks_free_positions
 from longshort.engines.kv_reuse import KVEntry, KVStore, PrefixCache, shared_openings
 from longshort.engines.hf_cache import cache_kwarg, returned_cache
+from longshort.engines.packed_weights import PackedWeights
+from longshort.engines.packed_weights import applies as packed_weights_apply
 from longshort.registry import ENGINES
 
 
@@ -177,6 +182,7 @@ class HFEngine:
         self.kv = KVStore(kv_cache_budget)
         self.openings = PrefixCache()
         self._weights = _weights_version(model)  # cached keys and values are valid for these weights only
+        self._packed = PackedWeights(model) if packed_weights_apply(model) else None
         self._reusable: bool | None = None  # whether the model's cache layers can be cut into rows; seen at first use
         self._stops = StopStrings(tokenizer)
         self._pending: list[_Request] = []
@@ -205,6 +211,12 @@ class HFEngine:
         if state is not None:
             self._streams = self._streams or random.Random()
             self._streams.setstate(state)
+
+    def drop_packed_weights(self) -> None:
+        """Free the laid-out copies of the weights (``packed_weights``) until the next request: a trainer
+        calls this after its rollouts, so they are not held through the update."""
+        if self._packed:
+            self._packed.drop()
 
     def end_session(self, session: Hashable) -> None:
         """Free the session's cached keys and values (its episode is over)."""
@@ -248,7 +260,8 @@ class HFEngine:
         lock = _device_lock(self.device)
         waiting = deque(requests)
         batch: _Batch | None = None
-        with torch.inference_mode():
+        packed = self._packed.installed(_weights_version(self.model)) if self._packed else contextlib.nullcontext()
+        with torch.inference_mode(), packed:
             while waiting or (batch is not None and batch.requests):
                 with lock:
                     if batch is None or not batch.requests:

@@ -187,6 +187,8 @@ class GRPOTrainer:
         began = time.perf_counter()
         problems = self.stream.take(cfg.rollout.problems_per_step)
         groups = self.runner.run(problems, cfg.rollout.group_size)
+        for engine in self.engines.values():  # not held through the update: laid out again from the new weights
+            engine.drop_packed_weights()
         release_freed_memory()  # the engines' decode buffers, freed in their worker threads' heaps
         rolled = time.perf_counter()
         episodes = [episode for group in groups for episode in group]
