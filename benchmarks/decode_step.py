@@ -1,7 +1,8 @@
-"""A decode step of SmolLM2-135M (bf16 where the CPU runs it natively) three ways, alternating in one
+"""A decode step of SmolLM2-135M (bf16 where the CPU runs it natively) four ways, alternating in one
 process and fed the same tokens: transformers as it comes (SDPA attention, a ``DynamicCache`` that
-appends with ``torch.cat``), with ``longshort.engines.decode_attention``, and with that plus the
-in-place cache of ``longshort.engines.decode_cache`` (the HF engine's path on CPU). Milliseconds per
+appends with ``torch.cat``), with ``longshort.engines.decode_attention``, with that plus the in-place
+cache of ``longshort.engines.decode_cache``, and with those plus the weights laid out once for oneDNN
+(``longshort.engines.packed_weights``; the HF engine's path on CPU for a bf16 model). Milliseconds per
 step for a batch of left-padded rows of real text at a few context lengths, the ratios, and for a
 bf16 model how far each one's next-token distributions are from fp32 SDPA's (total variation
 distance: bf16 rounding either way; in fp32 the tests hold them equal to 1e-5).

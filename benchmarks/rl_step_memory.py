@@ -139,8 +139,7 @@ def trainer_for(args, out: str) -> GRPOTrainer:
 def rollout(trainer: GRPOTrainer, result: dict) -> dict[str, list[TrainingSample]]:
     """One rollout of the recipe's problems per step (its seconds and peak into ``result``); each agent's samples."""
     with peak(result):
-        groups = trainer.runner.run(trainer.stream.take(trainer.config.rollout.problems_per_step),
-                                    trainer.config.rollout.group_size)
+        groups = trainer.rollout(trainer.stream.take(trainer.config.rollout.problems_per_step))
     return {role: trainer.samples(groups, role) for role in trainer.policies}
 
 

@@ -146,7 +146,8 @@ def build_engines(config: Config, *, share: bool = True) -> dict[str, Engine]:
         if key not in cache:
             model, tokenizer = load_configured(spec.model)
             cache[key] = HFEngine(model, tokenizer, max_batch_size=config.rollout.max_batch_size, seed=config.seed,
-                                  kv_cache_budget=config.rollout.kv_cache_budget)
+                                  kv_cache_budget=config.rollout.kv_cache_budget,
+                                  pack_weights=config.rollout.pack_weights)
         engines[role] = cache[key]
     return engines
 

@@ -19,6 +19,7 @@ from envs import Env, register_env
 from longshort.algos import compute_advantages
 from longshort.config import AgentConfig, Config, EnvConfig, RewardsConfig, RolloutConfig, SamplingConfig, TrainerConfig
 from longshort.data import Problem
+from longshort.engines.packed_weights import applies as packed_weights_apply
 from longshort.models import load_model, tiny_model
 from longshort.rewards import register_reward
 from longshort.trainers import GRPOTrainer
@@ -245,7 +246,13 @@ def test_bf16_model_trains_through_fp32_master_weights(tmp_path):
     # the applied gradients are not carried into the next rollout (fp32: 4 bytes a parameter), nor the
     # engine's laid-out weights (engines/packed_weights.py) into the update
     assert all(m.grad is None for m in policy.master) and all(p.grad is None for p in policy.params)
-    assert trainer.engines["solo"]._packed is None or not trainer.engines["solo"]._packed._layers
+    packed = trainer.engines["solo"]._packed
+    assert (packed is not None) == packed_weights_apply(model) and not (packed and packed._layers)
+    unpacked = make_config(steps=1, lr=1e-6)
+    unpacked.rollout.pack_weights = False  # the copies can be turned off
+    other, tokenizer = tiny_pair()
+    assert trainer_for(unpacked, tmp_path / "off", {"solo": (other.to(torch.bfloat16), tokenizer)}
+                       ).engines["solo"]._packed is None
     # a checkpoint keeps the fp32 masters (tied embeddings included), so a resumed run continues from them
     trainer.save(1)
     fresh, tokenizer = tiny_pair()
@@ -384,7 +391,8 @@ def test_resume_refuses_a_changed_training_config(tmp_path, change, message):
     with pytest.raises(ResumeMismatch, match=message) as err:
         trainer_for(changed_config, tmp_path).train()
     assert "\n" not in str(err.value) and "start a new run" in str(err.value)
-    allowed = make_config(steps=3, save_every=2, log_every=3)  # logging and checkpoint cadence may change
+    allowed = make_config(steps=3, save_every=2, log_every=3)  # logging and checkpoint cadence may change,
+    allowed.rollout.pack_weights = False  # and the engine's speed-for-memory trade (same numbers either way)
     assert trainer_for(allowed, tmp_path).resume() == 1
 
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import torch
 
-from longshort.engines import HFEngine, SamplingParams, hf
+from longshort.engines import HFEngine, SamplingParams
 from longshort.engines.packed_weights import PackedWeights, applies
 from scripted import varied_tiny_model
 
@@ -31,12 +31,6 @@ def generate(engine, prompts, sampling=SAMPLED):
     return asyncio.run(main())
 
 
-def engine_without_packing(model, tokenizer, monkeypatch, **kwargs):
-    with monkeypatch.context() as patch:
-        patch.setattr(hf, "packed_weights_apply", lambda model: False)
-        return HFEngine(model, tokenizer, **kwargs)
-
-
 def test_packed_layers_give_the_same_products_bit_for_bit():
     torch.manual_seed(0)
     layers = torch.nn.Sequential(torch.nn.Linear(96, 160), torch.nn.Linear(160, 96, bias=False)).to(torch.bfloat16)
@@ -49,18 +43,20 @@ def test_packed_layers_give_the_same_products_bit_for_bit():
     assert all(torch.equal(a, b) for a, b in zip(plain, packed))
 
 
-def test_the_engine_samples_the_same_tokens_and_logprobs_with_packed_weights(bf16_tiny, monkeypatch):
+def test_the_engine_samples_the_same_tokens_and_logprobs_with_packed_weights(bf16_tiny):
     model, tokenizer = bf16_tiny
     prompts = [tokenizer(text).input_ids for text in TEXTS]
     packed_engine = HFEngine(model, tokenizer, seed=3, max_batch_size=4)  # a fifth request joins as rows leave
     assert packed_engine._packed is not None
     packed = generate(packed_engine, prompts)
-    plain = generate(engine_without_packing(model, tokenizer, monkeypatch, seed=3, max_batch_size=4), prompts)
+    plain_engine = HFEngine(model, tokenizer, seed=3, max_batch_size=4, pack_weights=False)
+    assert plain_engine._packed is None
+    plain = generate(plain_engine, prompts)
     assert [g.token_ids for g in packed] == [g.token_ids for g in plain]
     assert [g.logprobs for g in packed] == [g.logprobs for g in plain]
 
 
-def test_layers_are_restored_for_training_and_new_weights_are_laid_out_again(bf16_tiny, monkeypatch):
+def test_layers_are_restored_for_training_and_new_weights_are_laid_out_again(bf16_tiny):
     model, tokenizer = bf16_tiny
     prompts = [tokenizer(text).input_ids for text in TEXTS]
     engine = HFEngine(model, tokenizer, seed=0)
@@ -73,7 +69,7 @@ def test_layers_are_restored_for_training_and_new_weights_are_laid_out_again(bf1
         for m in linears:
             m.weight -= m.weight.grad.sign() * 0.05  # in place, as the trainer writes new weights
     after = generate(engine, prompts, SamplingParams(temperature=0.0, max_new_tokens=20))
-    fresh = generate(engine_without_packing(model, tokenizer, monkeypatch), prompts,
+    fresh = generate(HFEngine(model, tokenizer, pack_weights=False), prompts,
                      SamplingParams(temperature=0.0, max_new_tokens=20))
     assert [g.token_ids for g in after] == [g.token_ids for g in fresh]
     engine.drop_packed_weights()  # what the trainer does before an update: the copies are freed ...

@@ -156,13 +156,16 @@ class HFEngine:
     and its waiting requests wait for the batch to end instead of joining it. The model runs in the
     dtype it was loaded in (bf16 or fp32), on ``device`` (default: where its weights are; it is
     moved there otherwise) and in eval mode. Requests come from one event loop at a time (the rollout runner's).
+    ``pack_weights`` lets a bf16 model on CPU generate with its linear weights laid out for oneDNN
+    (``packed_weights``: same numbers, faster decode steps, the weights' size again in memory until
+    ``drop_packed_weights``).
     """
 
     SETTLE_TICKS = 3  # event-loop ticks without a new request before a batch starts
     JOIN_FRACTION = 4  # waiting requests join when a quarter of the rows are free (benchmarks/refill.py)
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 32, device: str | torch.device | None = None,
-                 seed: int | None = None, kv_cache_budget: int = DEFAULT_KV_CACHE_BUDGET):
+                 seed: int | None = None, kv_cache_budget: int = DEFAULT_KV_CACHE_BUDGET, pack_weights: bool = True):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model.eval()
@@ -182,7 +185,7 @@ class HFEngine:
         self.kv = KVStore(kv_cache_budget)
         self.openings = PrefixCache()
         self._weights = _weights_version(model)  # cached keys and values are valid for these weights only
-        self._packed = PackedWeights(model) if packed_weights_apply(model) else None
+        self._packed = PackedWeights(model) if pack_weights and packed_weights_apply(model) else None
         self._reusable: bool | None = None  # whether the model's cache layers can be cut into rows; seen at first use
         self._stops = StopStrings(tokenizer)
         self._pending: list[_Request] = []

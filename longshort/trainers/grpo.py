@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 # Config keys a resumed run may change: they decide where the run writes, how often it logs and
 # checkpoints, and what the other stages do, never what an RL step computes. Everything else under
 # seed, agents, env, rollout, verify, rewards and trainer must match the checkpoint's.
-RESUMABLE_CHANGES = ("trainer.save_every", "trainer.log_every", "rollout.max_batch_size")
+RESUMABLE_CHANGES = ("trainer.save_every", "trainer.log_every", "rollout.max_batch_size", "rollout.pack_weights")
 RUN_SECTIONS = ("seed", "agents", "env", "rollout", "verify", "rewards", "trainer")
 
 
@@ -83,7 +83,8 @@ def run_key(config: Config, problems: Sequence[Problem]) -> dict:
     Resuming with any other value would not continue the run: LambdaLR restores the old ``trainer.lr``
     (its ``base_lrs``), another ``trainer.steps`` or ``phase_steps`` moves the cosine horizon mid-run,
     another ``seed`` reshuffles the problem stream under the old cursor. Allowed to change:
-    ``RESUMABLE_CHANGES`` (``trainer.save_every``, ``trainer.log_every``, ``rollout.max_batch_size``)
+    ``RESUMABLE_CHANGES`` (``trainer.save_every``, ``trainer.log_every``, ``rollout.max_batch_size``,
+    ``rollout.pack_weights``)
     and every section outside ``RUN_SECTIONS`` (name, output_dir, stages, data, sft, eval, backend).
     """
     flat: dict = {}
@@ -154,7 +155,8 @@ class GRPOTrainer:
             if id(model) not in by_model:  # seeds differ per engine so agents draw independent samples
                 by_model[id(model)] = HFEngine(model, tokenizer, max_batch_size=config.rollout.max_batch_size,
                                                seed=config.seed + len(by_model),
-                                               kv_cache_budget=config.rollout.kv_cache_budget)
+                                               kv_cache_budget=config.rollout.kv_cache_budget,
+                                               pack_weights=config.rollout.pack_weights)
             self.engines[role] = by_model[id(model)]
         self.policies: dict[str, Policy] = {}
         for role, (model, tokenizer) in held.items():
@@ -181,15 +183,19 @@ class GRPOTrainer:
                     self.save(done)
         return self.model_dirs()
 
+    def rollout(self, problems: list[Problem]) -> list[list[Episode]]:
+        """Play ``rollout.group_size`` episodes of each problem, then free what only generation needed."""
+        groups = self.runner.run(problems, self.config.rollout.group_size)
+        for engine in self.engines.values():  # not held through the update: laid out again from the new weights
+            engine.drop_packed_weights()
+        release_freed_memory()  # the engines' decode buffers, freed in their worker threads' heaps
+        return groups
+
     def step(self, step: int) -> dict:
         """One RL step (0-based): roll out, then update the agents the schedule trains now."""
         cfg = self.config
         began = time.perf_counter()
-        problems = self.stream.take(cfg.rollout.problems_per_step)
-        groups = self.runner.run(problems, cfg.rollout.group_size)
-        for engine in self.engines.values():  # not held through the update: laid out again from the new weights
-            engine.drop_packed_weights()
-        release_freed_memory()  # the engines' decode buffers, freed in their worker threads' heaps
+        groups = self.rollout(self.stream.take(cfg.rollout.problems_per_step))
         rolled = time.perf_counter()
         episodes = [episode for group in groups for episode in group]
         if self.save_episodes:
