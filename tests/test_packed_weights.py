@@ -78,6 +78,15 @@ def test_layers_are_restored_for_training_and_new_weights_are_laid_out_again(bf1
     assert [g.token_ids for g in again] == [g.token_ids for g in fresh]
 
 
+def test_a_layer_whose_forward_is_already_replaced_keeps_it():
+    layers = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)).to(torch.bfloat16)
+    hooked = layers[0].forward = lambda x: x + 1  # as accelerate's device hooks replace a layer's forward
+    with torch.inference_mode():
+        with PackedWeights(layers).installed(version=0):
+            assert layers[0].forward is hooked and "forward" in vars(layers[1])  # the other one is packed
+        assert layers[0].forward is hooked and "forward" not in vars(layers[1])
+
+
 def test_only_bf16_cpu_models_are_packed(bf16_tiny):
     model, _ = bf16_tiny
     assert applies(model)

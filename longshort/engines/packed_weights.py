@@ -15,6 +15,7 @@ and they are laid out again from the new weights at the next rollout (a fraction
 from __future__ import annotations
 
 import contextlib
+import platform
 from collections.abc import Iterator
 from functools import partial
 
@@ -22,9 +23,11 @@ import torch
 
 
 def applies(model) -> bool:
-    """Whether packing helps and is exact here: a bf16 model on a CPU whose oneDNN runs bf16 natively."""
+    """Whether to pack: a bf16 model on an x86-64 CPU whose oneDNN runs bf16 natively (where it was
+    measured and checked exact; other CPUs keep the plain path)."""
     parameter = next(model.parameters())
     return (parameter.device.type == "cpu" and parameter.dtype == torch.bfloat16
+            and platform.machine().lower() in ("x86_64", "amd64")
             and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -33,7 +36,9 @@ class PackedWeights:
 
     ``installed()`` routes the model's linear layers through the copies for the forward passes made
     inside it (the engine's decode thread, under ``torch.inference_mode``: the copies have no gradient),
-    and puts the layers back on leaving, so training forwards never see them.
+    and puts the layers back on leaving, so training forwards never see them. A layer whose ``forward``
+    is already replaced on the instance (accelerate's device hooks, another engine's copies) is left
+    alone; as the products are the same either way, that costs speed only.
     """
 
     def __init__(self, model):
@@ -48,7 +53,8 @@ class PackedWeights:
             self.drop()
             self._layers = [(module, torch.ops.mkldnn._reorder_linear_weight(module.weight.detach()))
                             for module in self.model.modules()
-                            if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.bfloat16]
+                            if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.bfloat16
+                            and "forward" not in vars(module)]
             self._version = version
         for module, packed in self._layers:
             module.forward = partial(_packed_linear, packed, module.bias)
@@ -56,7 +62,7 @@ class PackedWeights:
             yield
         finally:
             for module, _ in self._layers:
-                del module.forward
+                vars(module).pop("forward", None)
 
     def drop(self) -> None:
         """Free the copies (made again at the next ``installed``)."""
