@@ -31,6 +31,7 @@ included (weights, master weights, optimiser states). The step's peak is the lar
     python benchmarks/rl_step_memory.py                  # SmolLM2-135M, micro-batch 8
     python benchmarks/rl_step_memory.py --micro-batch 16
     python benchmarks/rl_step_memory.py --sides after,rows
+    python benchmarks/rl_step_memory.py rollout.pack_weights=false  # any config override of the recipe
     python benchmarks/rl_step_memory.py --tiny           # seconds: tiny random models, smoke test
 """
 from __future__ import annotations
@@ -127,6 +128,7 @@ def trainer_for(args, out: str) -> GRPOTrainer:
         overrides.append("env.name=long_short_forced")
     if getattr(args, "weights", None):  # a run's SFT weights (rl_update.py --weights), else the recipe's base model
         overrides += [f"agents.{role}.model.name_or_path={args.weights}/sft/{role}/final" for role in ("long", "short")]
+    overrides += getattr(args, "overrides", [])
     config = load_config("tiny", overrides)
     models = None
     if args.tiny:
@@ -176,6 +178,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # internal: run one side
     parser.add_argument("--samples", help=argparse.SUPPRESS)  # internal: the shared samples (JSON)
+    parser.add_argument("overrides", nargs="*", help="config overrides of the recipe, as for longshort.train "
+                        "(e.g. rollout.pack_weights=false)")
     args = parser.parse_args()
     if args.side:
         return run_side(args)
@@ -197,7 +201,7 @@ def main() -> None:
         path = Path(out) / "samples.json"
         path.write_text(json.dumps({role: [dataclasses.asdict(s) for s in rows] for role, rows in samples.items()}))
         passed = [f"--micro-batch={args.micro_batch}", f"--device={args.device}"]
-        passed += ["--tiny"] * args.tiny + ["--real-env"] * args.real_env
+        passed += ["--tiny"] * args.tiny + ["--real-env"] * args.real_env + args.overrides
         runs = []
         for side in sides:
             command = [sys.executable, __file__, *passed, "--side", side, "--samples", str(path)]
