@@ -11,9 +11,8 @@ from longshort.engines import HFEngine, SamplingParams
 from longshort.engines.packed_weights import PackedWeights, applies
 from scripted import varied_tiny_model
 
-pytestmark = pytest.mark.skipif(not (torch.backends.mkldnn.is_available()
-                                     and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-                                reason="this CPU's oneDNN does not run bf16 natively: the engine does not pack")
+pytestmark = pytest.mark.skipif(not applies(torch.nn.Linear(1, 1).to(torch.bfloat16)),
+                                reason="not an x86-64 CPU whose oneDNN runs bf16 natively: the engine does not pack")
 SAMPLED = SamplingParams(temperature=1.0, max_new_tokens=20)
 TEXTS = ["Hello there", "What is 2+2? Let me think about this carefully, step by step.", "a",
          "The quick brown fox jumps over", "Solve for x: 3x + 5 = 20"]
