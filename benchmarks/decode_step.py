@@ -37,6 +37,12 @@ PARTS = {"weight matrix products": ("aten::mm", "aten::addmm", "mkldnn::_linear_
          "attention": ("aten::bmm", "aten::_softmax", "aten::masked_fill_", "aten::bitwise_not")}
 
 
+def laid_out(model, packed: bool):
+    """The engine's laid-out weights for the block when ``packed`` and the engine would lay them out for
+    this model here (``packed_weights.applies``); otherwise the model's own."""
+    return PackedWeights(model).installed(0) if packed and packed_applies(model) else contextlib.nullcontext()
+
+
 def decode(model, prompt: torch.Tensor, mask: torch.Tensor, steps: int, in_place: bool,
            forced: torch.Tensor | None = None, around=contextlib.nullcontext
            ) -> tuple[float, torch.Tensor, torch.Tensor]:
@@ -105,7 +111,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for way, (attention, in_place, packed) in WAYS.items():  # the same tokens fed to all: the first way's
                 model.set_attn_implementation(attention)                  # greedy choices
-                with PackedWeights(model).installed(0) if packed else contextlib.nullcontext():
+                with laid_out(model, packed):
                     took, tokens, logprobs[way] = decode(model, prompt, mask, args.steps, in_place, tokens)
                 seconds[way].append(took)
         best = {way: min(values) for way, values in seconds.items()}
@@ -114,7 +120,7 @@ def main() -> None:
                                                     for way, s in best.items()))
         if args.breakdown:
             model.set_attn_implementation(NAME)
-            with PackedWeights(model).installed(0) if packed_applies(model) else contextlib.nullcontext():
+            with laid_out(model, True):
                 breakdown(model, prompt, mask, args.steps)
         if reference is not None:  # how far each is from fp32: bf16 rounding either way
             _, _, exact = decode(reference, prompt, mask, args.steps, False, tokens)
