@@ -14,6 +14,7 @@ from scripted import varied_tiny_model
 pytestmark = pytest.mark.skipif(not applies(torch.nn.Linear(1, 1).to(torch.bfloat16)),
                                 reason="not an x86-64 CPU whose oneDNN runs bf16 natively: the engine does not pack")
 SAMPLED = SamplingParams(temperature=1.0, max_new_tokens=20)
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=20)
 TEXTS = ["Hello there", "What is 2+2? Let me think about this carefully, step by step.", "a",
          "The quick brown fox jumps over", "Solve for x: 3x + 5 = 20"]
 
@@ -67,13 +68,12 @@ def test_layers_are_restored_for_training_and_new_weights_are_laid_out_again(bf1
     with torch.no_grad():
         for m in linears:
             m.weight -= m.weight.grad.sign() * 0.05  # in place, as the trainer writes new weights
-    after = generate(engine, prompts, SamplingParams(temperature=0.0, max_new_tokens=20))
-    fresh = generate(HFEngine(model, tokenizer, pack_weights=False), prompts,
-                     SamplingParams(temperature=0.0, max_new_tokens=20))
+    after = generate(engine, prompts, GREEDY)
+    fresh = generate(HFEngine(model, tokenizer, pack_weights=False), prompts, GREEDY)
     assert [g.token_ids for g in after] == [g.token_ids for g in fresh]
     engine.drop_packed_weights()  # what the trainer does before an update: the copies are freed ...
     assert not engine._packed._layers
-    again = generate(engine, prompts, SamplingParams(temperature=0.0, max_new_tokens=20))  # ... and made again
+    again = generate(engine, prompts, GREEDY)  # ... and made again
     assert [g.token_ids for g in again] == [g.token_ids for g in fresh]
 
 
