@@ -74,7 +74,9 @@ class WandbTracker:
                                 if isinstance(value, (int, float)) and not isinstance(value, bool)}
         if episodes_file is not None and episodes_file.is_file():
             data["episodes"] = self.wandb.Table(columns=self.columns, data=self.episode_rows(step, episodes_file))
-        self.run.log(data, step=step)
+        # committed now rather than when the next step or ``finish`` comes: a run killed after this line
+        # keeps the step in W&B, and the last step does not depend on ``finish`` flushing an open row
+        self.run.log(data, step=step, commit=True)
 
     def close(self) -> None:
         self.run.finish()
