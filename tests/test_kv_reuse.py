@@ -62,10 +62,14 @@ def test_rollout_with_reuse_matches_full_prefill(tiny):
     assert [t.prompt_ids for t in fast_turns] == [t.prompt_ids for t in slow_turns]
     for a, b in zip(fast_turns, slow_turns):
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
-    assert slow.stats.reused_tokens == 0 and slow.stats.prefill_tokens == slow.stats.prompt_tokens
+    assert slow.stats.reused_tokens == slow.stats.duplicate_tokens == 0
+    assert slow.stats.prefill_tokens == slow.stats.prompt_tokens
     assert fast.stats.prompt_tokens == slow.stats.prompt_tokens
-    # every prompt token was either run in its row or taken from a cache; shared openings ran once each
-    assert fast.stats.prefill_tokens - fast.stats.openings_encoded + fast.stats.reused_tokens == fast.stats.prompt_tokens
+    # every prompt token was run in its row, taken from a cache or run in the row of a group mate asking for the
+    # same prompt (each agent's first turn: 2 samples per problem); shared openings ran once each
+    assert (fast.stats.prefill_tokens - fast.stats.openings_encoded + fast.stats.reused_tokens
+            + fast.stats.duplicate_tokens == fast.stats.prompt_tokens)
+    assert fast.stats.duplicate_tokens > 0
     assert fast.stats.opening_tokens > 0 and 0 < fast.stats.openings_encoded < fast.stats.opening_tokens
     # Each agent's first turn (6 episodes x 2 agents) prefills everything; later turns only the new part.
     first_turns = sum(len(t.prompt_ids) for g in reused for ep in g for t in ep.turns[:2])

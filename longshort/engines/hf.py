@@ -26,6 +26,10 @@ right-aligned after it, and the attention mask hides the gaps. Sampling is uncha
 the same order, so the same random numbers; the logits equal the full prefill's to float rounding),
 which ``tests/test_kv_reuse.py`` checks.
 
+Identical prompts: the samples of a GRPO group ask for the same prompt, and a batch runs each distinct
+prompt (with the same cached start) once; its rows then take copies of that row's keys, values and
+logits and sample from their own streams. With ``kv_cache_budget=0`` every row runs its own prompt.
+
 Shared openings: rows with no session cache (an agent's first turn) still share most of their prompt
 with each other, the agent's system prompt. The engine encodes such an opening once, as a batch of
 one, keeps it (``kv_reuse.PrefixCache``) and places it in those rows' cache the same way, so a first
@@ -72,6 +76,7 @@ class EngineStats:
     reused_tokens: int = 0  # prompt tokens whose keys and values a cache supplied (a session's or a shared opening)
     opening_tokens: int = 0  # of those, from shared openings
     openings_encoded: int = 0  # tokens run (as batches of one) to encode shared openings; part of prefill_tokens
+    duplicate_tokens: int = 0  # prompt tokens of rows whose same prompt another row of the batch ran (a group's samples)
     generated_tokens: int = 0
     forward_passes: int = 0
     forward_rows: int = 0  # rows summed over forward passes: what dropping finished rows saves
@@ -304,7 +309,8 @@ class HFEngine:
 
         Rows whose session has cached keys and values run only the rest of their prompt: the batch
         cache holds each row's cached part right-aligned (``past`` columns), the new tokens follow
-        left-padded, and the mask covers both, so a row attends to exactly its own tokens.
+        left-padded, and the mask covers both, so a row attends to exactly its own tokens. Rows asking for
+        the same prompt from the same cached start run once (``_distinct``) and are copied afterwards.
         """
         self.stats.requests += len(requests)
         self.stats.prompt_tokens += sum(len(r.prompt_ids) for r in requests)
@@ -317,13 +323,17 @@ class HFEngine:
                  else (0, None) for r in requests]
         if self.kv.budget and self._reusable is not False:
             self._take_openings(requests, taken)
+        self.stats.reused_tokens += sum(n for n, _ in taken)
+        firsts, of_row = _distinct(requests, taken) if self.kv.budget else (list(range(len(requests))), None)
+        new_tokens = [len(r.prompt_ids) - n for r, (n, _) in zip(requests, taken)]
+        self.stats.prefill_tokens += sum(new_tokens[row] for row in firsts)
+        self.stats.duplicate_tokens += sum(new_tokens) - sum(new_tokens[row] for row in firsts)
+        requests_run, taken = [requests[row] for row in firsts], [taken[row] for row in firsts]
         reused = [n for n, _ in taken]
-        self.stats.reused_tokens += sum(reused)
-        self.stats.prefill_tokens += sum(len(r.prompt_ids) - n for r, n in zip(requests, reused))
-        past, width = max(reused), max(len(r.prompt_ids) - n for r, n in zip(requests, reused))
-        input_ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(requests), past + width), dtype=torch.long)
-        for row, (request, n) in enumerate(zip(requests, reused)):
+        past, width = max(reused), max(len(r.prompt_ids) - n for r, n in zip(requests_run, reused))
+        input_ids = torch.full((len(requests_run), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(requests_run), past + width), dtype=torch.long)
+        for row, (request, n) in enumerate(zip(requests_run, reused)):
             new = request.prompt_ids[n:]
             input_ids[row, width - len(new):] = torch.tensor(new)
             mask[row, past - n: past] = 1
@@ -333,6 +343,10 @@ class HFEngine:
         positions = (mask[:, past:].cumsum(-1) - 1).clamp(min=0) + offset
         cache = self._batch_cache(taken, past) if past else None  # None: the model builds its own
         logits, cache = self._forward(input_ids, mask, positions, cache)
+        if of_row is not None:  # every row gets its own copy of what its prompt's first row computed
+            index = torch.tensor(of_row, device=self.device)
+            cache.batch_select_indices(index)
+            logits, mask, positions = logits[index], mask[index], positions[index]
         sampler = _Sampler([r.sampling for r in requests], self.device, [r.stream for r in requests])
         return _Batch(list(requests), logits, cache, mask, positions[:, -1:] + 1, sampler)
 
@@ -531,6 +545,21 @@ class _Sampler:
         threshold = ordered.gather(1, (kept.sum(dim=-1, keepdim=True) - 1).clamp_(min=0))
         threshold.masked_fill_(((top_k <= 0) & (top_p >= 1))[:, None], float("-inf"))  # rows without truncation
         return logprobs.masked_fill(logprobs < threshold, float("-inf"))
+
+
+def _distinct(requests: list[_Request], taken: list[tuple[int, KVEntry | None]]) -> tuple[list[int], list[int] | None]:
+    """The first row of each distinct (prompt, cached start) among ``requests``, and for every row the
+    index of its one among those (None when all rows are distinct): such rows compute the same thing."""
+    firsts: list[int] = []
+    of_row: list[int] = []
+    seen: dict[tuple, int] = {}
+    for row, (request, (n, entry)) in enumerate(zip(requests, taken)):
+        key = (n, id(entry) if entry is not None else None, tuple(request.prompt_ids))
+        if key not in seen:
+            seen[key] = len(firsts)
+            firsts.append(row)
+        of_row.append(seen[key])
+    return firsts, (of_row if len(firsts) < len(requests) else None)
 
 
 _DEVICE_LOCKS: dict[str, threading.Lock] = {}
