@@ -26,7 +26,7 @@ import torch
 
 from longshort.analysis.chains import THINK_SYSTEM_PROMPT
 from longshort.data.synthetic import synthetic_problems
-from longshort.engines import HFEngine, SamplingParams
+from longshort.engines import HFEngine, SamplingParams, model_thread
 from longshort.engines.base import Generation
 from longshort.models import load_model, tiny_model
 
@@ -45,7 +45,7 @@ def serve(engine: HFEngine, prompts: list[list[int]], sampling: SamplingParams, 
         return results
 
     start = time.perf_counter()
-    results = asyncio.run(run())
+    results = model_thread.run(run())
     return results, time.perf_counter() - start
 
 

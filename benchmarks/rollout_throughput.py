@@ -28,7 +28,7 @@ import torch
 from agents import SingleAgent
 from envs import SingleTurnEnv
 from longshort.data import Problem
-from longshort.engines import HFEngine, SamplingParams
+from longshort.engines import HFEngine, SamplingParams, model_thread
 from longshort.models import load_model, tiny_model
 from longshort.rollout import RolloutRunner
 from longshort.data.synthetic import synthetic_problems
@@ -84,7 +84,7 @@ def time_async(run: Callable[[], Awaitable[int]]) -> tuple[int, float]:
     ``time_async(lambda: runner_tokens(runner, problems))``, and report it like the engine below.
     """
     start = time.perf_counter()
-    tokens = asyncio.run(run())
+    tokens = model_thread.run(run())
     return tokens, time.perf_counter() - start
 
 

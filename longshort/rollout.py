@@ -21,6 +21,7 @@ from agents.base import Agent, vocab_key
 from envs.base import Env
 from longshort.config import Config
 from longshort.data import Problem
+from longshort.engines import model_thread
 from longshort.engines.base import Engine, SamplingParams, SessionEngine
 from longshort.registry import AGENTS, ENVS
 from longshort.episode import Episode, TrainingSample, Turn
@@ -49,7 +50,7 @@ class RolloutRunner:
     def run(self, problems: Sequence[Problem], group_size: int = 1,
             on_episode: ProgressCallback | None = None) -> list[list[Episode]]:
         """Blocking entry point: one group of ``group_size`` episodes per problem, in problem order."""
-        return asyncio.run(self.arun(problems, group_size, on_episode))
+        return model_thread.run(self.arun(problems, group_size, on_episode))
 
     async def arun(self, problems: Sequence[Problem], group_size: int = 1,
                    on_episode: ProgressCallback | None = None) -> list[list[Episode]]:

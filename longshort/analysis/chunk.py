@@ -23,6 +23,7 @@ from longshort.analysis import cli_common as common
 from longshort.analysis.chunking import (Block, ChunkResult, LLMChunker, RuleChunker, blocks_from_json,
                                          thoughts_from_blocks, validate_blocks)
 from longshort.analysis.steps import Step, StepSegmenter, segment_text, thinking_text
+from longshort.engines import model_thread
 from longshort.engines.base import SamplingParams
 
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         async def run() -> list[ChunkResult]:
             return await asyncio.gather(*(chunker.chunk(q, steps) for _, q, _, _, steps in parsed))
 
-        results = asyncio.run(run())
+        results = model_thread.run(run())
     else:
         results = [ChunkResult(rule.chunk(steps), True, 0) for *_, steps in parsed]
 

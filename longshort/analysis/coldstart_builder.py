@@ -43,6 +43,7 @@ from longshort.analysis.synthesis import LLMCompressor, SynthesisConfig, check_t
 from longshort.coldstart import write_records
 from longshort.config import Config, SynthesisColdstartConfig
 from longshort.data import Problem
+from longshort.engines import model_thread
 from longshort.engines.base import Engine, SamplingParams
 from longshort.verify import Verifier
 
@@ -287,7 +288,7 @@ def resynthesise(done: dict[str, dict], settings: SynthesisColdstartConfig, prog
     async def redo_all() -> list[dict]:
         return list(await asyncio.gather(*(redo(row) for row in done.values())))
 
-    rows = asyncio.run(redo_all())
+    rows = model_thread.run(redo_all())
     write_records(rows, progress_path)
     done.update((row["id"], row) for row in rows)
 
@@ -367,4 +368,4 @@ def _run(todo: list[Problem], settings: SynthesisColdstartConfig, engine: Engine
                 bar.update(task, advance=len(batch), counts=counts_line(list(done.values())))
 
     with bar:
-        asyncio.run(run_all())
+        model_thread.run(run_all())

@@ -22,7 +22,6 @@ them instead of sampling again.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import logging
@@ -35,6 +34,7 @@ from longshort.analysis import cli_common as common
 from longshort.analysis.chains import Chain
 from longshort.analysis.pruning import KAPPAS, SCORES, STRATEGIES, Cell, answer_after_pruning, plot_pruning, summarise
 from longshort.data import Problem
+from longshort.engines import model_thread
 from longshort.engines.base import SamplingParams
 from longshort.paths import write_atomically
 from longshort.verify import Verifier
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     chains = cached_chains(out, key)
     if chains is None:
         with common.progress_engine(engine, "chains", total=len(problems)) as tracked:
-            chains = asyncio.run(generate_chains(tracked, problems, SamplingParams(
+            chains = model_thread.run(generate_chains(tracked, problems, SamplingParams(
                 temperature=args.chain_temperature, top_p=0.95, max_new_tokens=args.chain_tokens), fmt))
         keep_chains(out, key, chains)
         timings["chains_s"] = time.perf_counter() - start
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
     with common.progress_engine(engine, "answers") as tracked:  # total: the distinct pruned thinkings
-        answers = asyncio.run(answer_after_pruning(
+        answers = model_thread.run(answer_after_pruning(
             tracked, chains, steps, {name: [s.ranking(name) for s in scores] for name in args.score},
             kappas=args.kappas, strategies=args.strategies,
             sampling=fmt.answer_sampling(args.answer_temperature, args.answer_tokens), verifier=verifier, fmt=fmt,

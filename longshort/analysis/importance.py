@@ -28,6 +28,7 @@ from typing import Sequence
 
 from longshort.analysis import plots
 from longshort.analysis.chains import ChainFormat
+from longshort.engines import model_thread
 from longshort.engines.base import Engine, SamplingParams
 from longshort.verify import Verifier
 
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
             [t.get("kind", "") for t in r["thoughts"]], n_rollouts=args.rollouts, sampling=sampling,
             verifier=verifier, fmt=fmt, decay_kind=args.decay, lam=args.lam) for i, r in enumerate(records)))
 
-    results = asyncio.run(run())
+    results = model_thread.run(run())
     out = Path(args.out)
     common.write_jsonl((r.to_dict() for r in results), out / "scores.jsonl")
     plot_importance(results, out / "importance.png")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from longshort.analysis import cli_common as common
 from longshort.analysis.synthesis import END_AT, LLMCompressor, SynthesisConfig, check_transcript, sft_sets, synthesize
+from longshort.engines import model_thread
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         return await asyncio.gather(*(synthesize(r, config, compressor) for r in records))
 
     transcripts, unreachable, malformed = [], 0, 0
-    for record, transcript in zip(records, asyncio.run(run())):
+    for record, transcript in zip(records, model_thread.run(run())):
         if transcript is None:
             unreachable += 1
             continue

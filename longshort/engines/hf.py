@@ -9,7 +9,9 @@ served by another engine) while the rest decode. Requests pending beyond ``max_b
 batch starts join it as rows leave (prefilled as a small batch, then merged in), so an evaluation of
 hundreds of problems decodes full batches instead of waiting each batch out to its longest row (on a
 2-core CPU that gained nothing measurable: ``benchmarks/refill.py``, README).
-Each request samples from its own random stream, so its tokens do not depend on which rows it shares
+The decoding itself runs step by step in the thread that started the rollout (``model_thread``: in a
+worker thread of its own, with its own OpenMP team, a CPU decode step was 1.5x slower), or in a
+worker thread under a plain ``asyncio.run``. Each request samples from its own random stream, so its tokens do not depend on which rows it shares
 a batch with.
 
 The decode loop is ours rather than ``model.generate`` because every row carries its own sampling
@@ -49,11 +51,12 @@ import random
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Hashable, Iterator
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from longshort.engines import model_thread
 from longshort.engines.base import Generation, SamplingParams
 from longshort.engines.decode_attention import use_for_decoding
 from longshort.engines.decode_cache import GrowingLayer, from_buffers, from_tensors, grow, masks_free_positions
@@ -231,7 +234,7 @@ class HFEngine:
         self.kv.drop(session)
 
     async def _serve(self) -> None:
-        """Decode what is pending, in arrival order; the only caller of the decode thread per loop.
+        """Decode what is pending, in arrival order; the one place that hands this engine's model work over.
 
         Requests that arrive while a batch decodes (e.g. the next turns of episodes whose turn just
         finished) wait for the next call: which requests join a running batch then depends only on
@@ -244,7 +247,7 @@ class HFEngine:
             if not requests:
                 continue
             try:
-                await asyncio.to_thread(self._decode, requests)
+                await model_thread.steps(self._decode(requests))
             except Exception as error:  # the callers see the failure; the engine keeps serving
                 for request in requests:
                     if not request.future.done():
@@ -257,21 +260,22 @@ class HFEngine:
             await asyncio.sleep(0)
             quiet, seen = (quiet + 1, seen) if len(self._pending) == seen else (0, len(self._pending))
 
-    def _decode(self, requests: list[_Request]) -> None:
-        """Decode ``requests`` to the end (worker thread), at most ``max_batch_size`` rows at a time.
-        Finished rows are answered and dropped; waiting requests take their places once a quarter of
-        the rows is free (``JOIN_FRACTION``).
+    def _decode(self, requests: list[_Request]) -> Iterator[None]:
+        """Decode ``requests`` to the end, at most ``max_batch_size`` rows at a time, one step per ``next``
+        (``model_thread``: in the thread that started the rollout). Finished rows are answered and
+        dropped; waiting requests take their places once a quarter of the rows is free (``JOIN_FRACTION``).
 
-        The device lock is taken per step, not per batch, so two engines (two agents' models) take
-        turns step by step instead of one waiting for the other's whole batch.
+        The device lock is taken per step, not per batch, so two engines (two agents' models) decoding in
+        two worker threads (under a plain ``asyncio.run``) take turns step by step instead of one waiting
+        for the other's whole batch.
         """
         lock = _device_lock(self.device)
         waiting = deque(requests)
         batch: _Batch | None = None
         packed = self._packed.installed(_weights_version(self.model)) if self._packed else contextlib.nullcontext()
-        with torch.inference_mode(), packed:
+        with packed:
             while waiting or (batch is not None and batch.requests):
-                with lock:
+                with lock, torch.inference_mode():  # per step: the mode is the thread's, which others' steps share
                     if batch is None or not batch.requests:
                         batch = self._admit(self._next(waiting, self.max_batch_size))
                         if batch is None:
@@ -285,6 +289,7 @@ class HFEngine:
                             self.stats.joined += len(joining.requests)
                     self.stats.largest_batch = max(self.stats.largest_batch, len(batch.requests))
                     self._step(batch)
+                yield
 
     def _admit(self, requests: list[_Request]) -> _Batch | None:
         """``requests`` prefilled as a batch; if that fails (a token id outside the vocabulary), they get

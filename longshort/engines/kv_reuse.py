@@ -41,8 +41,8 @@ class KVEntry:
 class KVStore:
     """Per-session cache entries, least recently used evicted beyond ``budget`` tokens (0: keep none).
 
-    Entries are stored from the engine's decode thread and sessions ended from the event loop's
-    thread, hence the lock.
+    Entries are stored from the thread running the engine's steps (``model_thread``) and sessions ended
+    from the event loop's thread, hence the lock.
     """
 
     def __init__(self, budget: int):

@@ -35,7 +35,7 @@ class PackedWeights:
     """The laid-out copies of a model's bf16 ``nn.Linear`` weights, made for one version of them.
 
     ``installed()`` routes the model's linear layers through the copies for the forward passes made
-    inside it (the engine's decode thread, under ``torch.inference_mode``: the copies have no gradient),
+    inside it (the engine's decoding, under ``torch.inference_mode``: the copies have no gradient),
     and puts the layers back on leaving, so training forwards never see them. A layer whose ``forward``
     is already replaced on the instance (accelerate's device hooks, another engine's copies) is left
     alone; as the products are the same either way, that costs speed only.

@@ -39,6 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from longshort.errors import UserError
 from longshort.config import AgentConfig, Config, EnvConfig, SamplingConfig, to_yaml
 from longshort.data import Problem, load_benchmark
+from longshort.engines import model_thread
 from longshort.engines.base import Engine
 from longshort.evaluation.metrics import SetResult, summarize
 from longshort.evaluation.published import published_for
@@ -316,7 +317,7 @@ def evaluate(config: Config, problem_sets: Mapping[str, Sequence[Problem]], *, o
         with _progress(progress) as bar:
             run = _Run(make_runner, ev.samples, 2 * eval_config.rollout.max_batch_size,
                        out_dir / "records", bar)
-            asyncio.run(play_all(run))
+            model_thread.run(play_all(run))
         results.sets = ordered_sets({**earlier, **played})
         results.generated_tokens, results.generation_seconds = run.generated_tokens, run.seconds
         results.save(out_dir / "results.json")

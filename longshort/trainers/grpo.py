@@ -188,7 +188,7 @@ class GRPOTrainer:
         groups = self.runner.run(problems, self.config.rollout.group_size)
         for engine in self.engines.values():  # not held through the update: laid out again from the new weights
             engine.drop_packed_weights()
-        release_freed_memory()  # the engines' decode buffers, freed in their worker threads' heaps
+        release_freed_memory()  # the engines' decode buffers
         return groups
 
     def step(self, step: int) -> dict:

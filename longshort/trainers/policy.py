@@ -5,9 +5,9 @@ picks bf16 where the hardware runs it natively), and the optimiser always update
 weights**. For a bf16 model the master copy lives here: each micro-batch's bf16 gradients are added
 into fp32 master gradients, AdamW steps the master weights, and the result is cast back into the
 model's own parameters in place. Why not fp32 weights under ``torch.autocast``: the rollout engine
-decodes with this same model object in its own worker thread, where autocast (thread-local) does
-not reach, so rollouts would run in fp32 at half the speed (and casting every weight at every
-decode step costs as much again). Why keep fp32 masters at all: a bf16 weight has 8 bits of
+decodes with this same model object outside the update's autocast region, so rollouts would run in
+fp32 at half the speed (and autocast around them would cast every weight at every decode step,
+which costs as much again). Why keep fp32 masters at all: a bf16 weight has 8 bits of
 mantissa, so an update of relative size lr = 1e-5 would round away entirely.
 
 The engine bound to a policy generates with the policy's model object, so an update in place is what
