@@ -9,10 +9,10 @@ served by another engine) while the rest decode. Requests pending beyond ``max_b
 batch starts join it as rows leave (prefilled as a small batch, then merged in), so an evaluation of
 hundreds of problems decodes full batches instead of waiting each batch out to its longest row (on a
 2-core CPU that gained nothing measurable: ``benchmarks/refill.py``, README).
-The decoding itself runs step by step in the thread that started the rollout (``model_thread``: in a
-worker thread of its own, with its own OpenMP team, a CPU decode step was 1.5x slower), or in a
-worker thread under a plain ``asyncio.run``. Each request samples from its own random stream, so its tokens do not depend on which rows it shares
-a batch with.
+The decoding itself is a generator of steps, advanced by the thread that started the rollout
+(``model_thread``: in a worker thread with an OpenMP team of its own, a CPU decode step was 1.5x
+slower), or by a worker thread under a plain ``asyncio.run``. Each request samples from its own
+random stream, so its tokens do not depend on which rows it shares a batch with.
 
 The decode loop is ours rather than ``model.generate`` because every row carries its own sampling
 settings, token budget and stop strings, and because the contract needs the log-probability of each
@@ -265,9 +265,10 @@ class HFEngine:
         (``model_thread``: in the thread that started the rollout). Finished rows are answered and
         dropped; waiting requests take their places once a quarter of the rows is free (``JOIN_FRACTION``).
 
-        The device lock is taken per step, not per batch, so two engines (two agents' models) decoding in
-        two worker threads (under a plain ``asyncio.run``) take turns step by step instead of one waiting
-        for the other's whole batch.
+        Under ``model_thread.run`` two engines' (two agents' models) generators are advanced in turn by
+        one thread; under a plain ``asyncio.run`` each drains in a worker thread, and the device lock,
+        taken per step rather than per batch, makes them take turns step by step there too instead of
+        one waiting for the other's whole batch.
         """
         lock = _device_lock(self.device)
         waiting = deque(requests)
