@@ -2,8 +2,10 @@
 
 PyTorch's CPU allocator takes tensors from glibc's malloc. Blocks under glibc's mmap threshold (which
 rises towards 32 MiB as large blocks are freed) come from per-thread heaps that glibc does not shrink
-on its own, and a step frees gigabytes of variously sized buffers in two places: the rollout
-engines' worker threads, then the trainer's thread, which cannot reuse the other heaps' free space.
+on its own, and a step frees gigabytes of variously sized buffers twice: the rollout's (keys and
+values, the engines' laid-out weights), then the update's (activations, logits, gradients). When the
+numbers below were measured the engines decoded in worker threads with heaps of their own, which the
+trainer's thread could not reuse; since ``engines.model_thread`` they decode in the trainer's thread.
 Measured on the tiny recipe (SmolLM2, both agents trained):
 
 - from the base models, resident size after each RL step grew 4.2 -> 9.1 -> 9.7 -> 9.9 GiB, and a
@@ -12,7 +14,7 @@ Measured on the tiny recipe (SmolLM2, both agents trained):
 - from the SFT checkpoints (longer episodes), 3 steps peaked at 12.8 GiB with a trim after each
   step and at 10.6 GiB with another between the rollout and the update (what the trainer does now).
 
-Elsewhere (macOS, musl, GPU memory) this is a no-op.
+Elsewhere (macOS, musl, GPU memory) the trim is a no-op.
 """
 from __future__ import annotations
 
