@@ -289,7 +289,6 @@ def run_sft(model, tokenizer, agent: Agent, transcripts: Sequence[dict], config:
                 micro_batches = epoch_batches(lengths, config.batch_size, config.grad_accum, seed, epoch)[index]
                 metrics = _train_step(model, optimizer, scheduler, [[examples[i] for i in mb] for mb in micro_batches],
                                       pad_id, device, use_bf16, share_prefix=not checkpointing)
-                release_freed_memory()
                 step += 1
                 metrics = {"step": step, "epoch": epoch + (index + 1) / per_epoch, **metrics}
                 with open(out / LOG_FILE, "a") as handle:
@@ -301,6 +300,7 @@ def run_sft(model, tokenizer, agent: Agent, transcripts: Sequence[dict], config:
                     on_step(metrics)
             write_atomically(final, lambda path: _save_pretrained(model, tokenizer, path))
         _remove_checkpoints(out)  # a finished run loads ``final``, never its checkpoint (weights + AdamW: 12 B/param)
+        release_freed_memory()  # once the agent is done: after every step, each step paged its memory in again
     finally:
         if checkpointing:
             _set_checkpointing(model, False)

@@ -48,7 +48,6 @@ from longshort.data import Problem
 from longshort.engines.hf import HFEngine
 from longshort.errors import UserError
 from longshort.episode import Episode, TrainingSample, save_episodes
-from longshort.memory import release_freed_memory
 from longshort.models import load_configured, model_key
 from longshort.paths import write_atomically
 from longshort.rollout import build_runner
@@ -184,11 +183,14 @@ class GRPOTrainer:
         return self.model_dirs()
 
     def rollout(self, problems: list[Problem]) -> list[list[Episode]]:
-        """Play ``rollout.group_size`` episodes of each problem, then free what only generation needed."""
+        """Play ``rollout.group_size`` episodes of each problem, then free what only generation needed.
+
+        Freed, not trimmed: the engines decode in this thread (``engines.model_thread``), so the update
+        reuses the rollout's freed heap memory as it is, and ``malloc_trim`` here and after the update
+        only made the next phase page it in again (``longshort/memory.py`` has the measurements)."""
         groups = self.runner.run(problems, self.config.rollout.group_size)
         for engine in self.engines.values():  # not held through the update: laid out again from the new weights
             engine.drop_packed_weights()
-        release_freed_memory()  # the engines' decode buffers
         return groups
 
     def step(self, step: int) -> dict:
@@ -206,7 +208,6 @@ class GRPOTrainer:
         for role in trained:
             stats = self.update(self.policies[role], self.samples(groups, role))
             metrics.update({f"train/{role}/{name}": value for name, value in stats.items()})
-        release_freed_memory()
         finished = time.perf_counter()
         metrics.update({"trained": list(trained), "time/rollout_s": rolled - began,
                         "time/update_s": finished - rolled, "time/step_s": finished - began})
