@@ -86,6 +86,24 @@ def test_shared_prefix_stops_before_the_first_predicting_position():
     assert MicroBatch.collate(_samples(500, shared=5), 0, torch.device("cpu")).shared == 0  # too short to pay
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_the_output_projection_runs_again_in_the_backward_pass_only_under_checkpointing(checkpointing, monkeypatch):
+    """By default each chunk's logits are kept for the backward pass (no second output projection);
+    ``trainer.gradient_checkpointing`` trades one more projection per chunk for their memory."""
+    monkeypatch.setattr(policy_module, "LOGPROB_CHUNK", 3)
+    model, tokenizer = tiny_model(seed=1)
+    policy = Policy("long", model, tokenizer, TrainerConfig(gradient_checkpointing=checkpointing),
+                    temperature=TEMPERATURE, optimizer_steps=1)
+    batch = MicroBatch.collate(_samples(len(tokenizer), shared=20), policy.pad_id, policy.device)
+    rows = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda _, args: rows.append(args[0].shape[0]))
+    logprobs, _ = policy.logprobs(batch)
+    forward = list(rows)
+    (logprobs * batch.action_mask).sum().backward()
+    assert sum(forward) == int(batch.action_mask.sum())  # the action positions, in chunks of 3
+    assert rows[len(forward):] == (list(reversed(forward)) if checkpointing else [])
+
+
 @pytest.mark.parametrize("shared", [20, 0])
 def test_row_checkpointing_recomputes_each_row_once_and_the_prefix_never(shared):
     model, tokenizer = tiny_model(seed=1)

@@ -27,9 +27,11 @@ log-softmax) in ``tests/test_policy_logprobs.py`` for equal log-probabilities, l
   micro-batches' backward passes and then flow through the prefix forward once.
 - **Logits at action tokens only, in chunks.** The output projection runs only at the positions
   that predict the agent's own tokens (not the partner's turns in between), ``LOGPROB_CHUNK`` of
-  them at a time under activation checkpointing: the backward pass recomputes one chunk's logits
-  at a time instead of keeping the ``[tokens, vocabulary]`` fp32 logits of the whole micro-batch
-  (200 KiB a token for a 49k vocabulary, several copies of it) alive until the backward.
+  them at a time, so no ``[tokens, vocabulary]`` tensor of the whole micro-batch is ever made at
+  once. What the backward pass keeps of each chunk is its fp32 logits (200 KiB a token for a 49k
+  vocabulary) until the micro-batch's backward; under ``trainer.gradient_checkpointing`` (memory
+  first) the chunks run under activation checkpointing instead, and the backward pass recomputes
+  one chunk's logits at a time, one more output projection of every action token.
 - **Row checkpointing** (``trainer.gradient_checkpointing``). What the backward pass keeps is then
   the decoder's activations of the micro-batch's rows. Under this setting each row's rest (after the
   shared prefix, without its padding) runs under activation checkpointing by itself: the backward
@@ -194,11 +196,12 @@ class Policy:
         predicting = hidden[:, batch.start - 1 - offset: width - 1 - offset][actions]  # [N, hidden]
         targets = batch.input_ids[:, batch.start:][actions]
         head = model.get_output_embeddings()
+        recompute = torch.is_grad_enabled() and self.config.gradient_checkpointing
         pieces = []
         for begin in range(0, len(targets), LOGPROB_CHUNK):
             args = (head, predicting[begin: begin + LOGPROB_CHUNK], targets[begin: begin + LOGPROB_CHUNK],
                     self.temperature, with_entropy)
-            pieces.append(checkpoint(_token_logprobs, *args, use_reentrant=False) if torch.is_grad_enabled()
+            pieces.append(checkpoint(_token_logprobs, *args, use_reentrant=False) if recompute
                           else _token_logprobs(*args))
         zeros = torch.zeros(actions.shape, dtype=torch.float32, device=actions.device)
         logprobs = zeros.masked_scatter(actions, torch.cat([p[0] for p in pieces]))
