@@ -34,8 +34,7 @@ as log-probs):
 - log-probs: the forward passes that recompute the completions' log-probabilities (ours:
   ``Policy.logprobs`` and the pass's shared prompt, ``Policy.pass_prefix``; TRL:
   ``_get_per_token_logps_and_entropies``);
-- backward: ``Tensor.backward`` (ours recomputes each chunk's logits there, see ``trainers/policy.py``;
-  and ``PassPrefix.backward``, the shared prompt's);
+- backward: ``Tensor.backward`` (ours: and ``PassPrefix.backward``, the shared prompt's);
 - optimiser: gradient clipping and the AdamW step (ours: ``AdamW.step``; casting the fp32 master
   weights back into a bf16 model counts as other; TRL: between the Trainer's ``on_pre_optimizer_step``
   and ``on_optimizer_step``);
