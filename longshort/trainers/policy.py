@@ -27,11 +27,11 @@ log-softmax) in ``tests/test_policy_logprobs.py`` for equal log-probabilities, l
   micro-batches' backward passes and then flow through the prefix forward once.
 - **Logits at action tokens only, in chunks.** The output projection runs only at the positions
   that predict the agent's own tokens (not the partner's turns in between), ``LOGPROB_CHUNK`` of
-  them at a time, so no ``[tokens, vocabulary]`` tensor of the whole micro-batch is ever made at
-  once. What the backward pass keeps of each chunk is its fp32 logits (200 KiB a token for a 49k
-  vocabulary) until the micro-batch's backward; under ``trainer.gradient_checkpointing`` (memory
-  first) the chunks run under activation checkpointing instead, and the backward pass recomputes
-  one chunk's logits at a time, one more output projection of every action token.
+  them at a time. By default the backward pass keeps one copy of each chunk's fp32 logits (200 KiB
+  a token for a 49k vocabulary) until the micro-batch's backward, where a whole-micro-batch
+  log-softmax would hold several; under ``trainer.gradient_checkpointing`` (memory first) the chunks
+  run under activation checkpointing, and the backward pass recomputes one chunk's logits at a
+  time: one chunk's alive instead of all, for one more output projection of every action token.
 - **Row checkpointing** (``trainer.gradient_checkpointing``). What the backward pass keeps is then
   the decoder's activations of the micro-batch's rows. Under this setting each row's rest (after the
   shared prefix, without its padding) runs under activation checkpointing by itself: the backward
