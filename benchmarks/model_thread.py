@@ -26,7 +26,7 @@ import torch
 from agents import SingleAgent
 from envs import SingleTurnEnv
 from longshort.data import synthetic_problems
-from longshort.engines import HFEngine, SamplingParams, model_thread
+from longshort.engines import HFEngine, SamplingParams
 from longshort.engines.decode_attention import NAME
 from longshort.models import load_model
 from longshort.rollout import RolloutRunner
