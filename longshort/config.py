@@ -87,7 +87,8 @@ class EnvConfig:
 @dataclass
 class DataSourceConfig:
     source: str = _f("synthetic", "synthetic, a benchmark name (math500, gsm8k, ...), a .jsonl path, or a Hub id.")
-    split: str = _f("train", "Split for Hub datasets; for synthetic data it selects a disjoint seed.")
+    split: str = _f("train", "Split for Hub datasets; for synthetic data it selects a disjoint seed: train, dev "
+                    "(for choosing levers and settings) or eval (held out, for the final number).")
     limit: Optional[int] = _f(None, "Use at most this many problems (None: all; synthetic: required count).")
     min_steps: int = _f(1, "Synthetic data: fewest arithmetic steps per problem.")
     max_steps: int = _f(3, "Synthetic data: most arithmetic steps per problem.")

@@ -217,7 +217,7 @@ def test_synthetic_is_seeded():
 
 
 def test_split_seeds_are_disjoint():
-    seeds = {(seed, split): split_seed(seed, split) for seed in range(100) for split in ("train", "eval")}
+    seeds = {(seed, split): split_seed(seed, split) for seed in range(100) for split in ("train", "eval", "dev")}
     assert len(set(seeds.values())) == len(seeds)
     with pytest.raises(ValueError, match="unknown split"):
         split_seed(0, "test")

@@ -8,8 +8,8 @@ integers and divisions are exact.
 
 Problems are drawn from a seed: the same seed gives the same problems in every process, and problem
 ``i`` depends only on ``(seed, i)`` and the step range, so a longer list extends a shorter one. A held-out split is just
-another seed. Train and eval MUST use different seeds; ``split_seed(seed, "train")`` and
-``split_seed(seed, "eval")`` give two disjoint seeds for one experiment seed. Different seeds can
+another seed. Train and eval MUST use different seeds; ``split_seed(seed, "train")``,
+``split_seed(seed, "dev")`` and ``split_seed(seed, "eval")`` give disjoint seeds for one experiment seed. Different seeds can
 still produce an identical short problem by chance (the space of one-step stories is finite), so
 deduplicate by prompt if an exact held-out guarantee matters.
 """
@@ -21,7 +21,7 @@ from typing import Callable, Optional
 from longshort.data.problem import Problem
 
 
-SPLITS = ("train", "eval")
+SPLITS = ("train", "eval", "dev")
 
 # (name, subject pronoun, object pronoun, possessive)
 _PEOPLE = [
@@ -41,10 +41,19 @@ _Op = Callable[[random.Random, dict, int], Optional[tuple[str, str, int]]]
 
 
 def split_seed(seed: int, split: str) -> int:
-    """The generator seed for one split of an experiment seed; distinct splits never share a seed."""
+    """The generator seed for one split of an experiment seed (``seed >= 0``); distinct splits never
+    share a seed, across experiment seeds too.
+
+    ``train`` and ``eval`` take the even and odd numbers (``2 * seed`` and ``2 * seed + 1``, as they
+    always did, so earlier runs draw the same problems), and ``dev`` the negative ones: the split on
+    which levers and settings are chosen, so the held-out ``eval`` split is touched only for the final
+    number.
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
-    return seed * len(SPLITS) + SPLITS.index(split)
+    if split == "dev":
+        return -(seed + 1)
+    return seed * 2 + SPLITS.index(split)
 
 
 def _add(rng: random.Random, s: dict, x: int) -> tuple[str, str, int]:
