@@ -139,6 +139,9 @@ class SkipRewardsConfig:
     placeholder: str = _f("[SKIP]", "The text that marks a skipped step.")
 
 
+LENGTH_GATES = ("correct", "paper")  # when the length term pays (rewards.core.length)
+
+
 @dataclass
 class RewardsConfig:
     weights: Dict[str, Dict[str, float]] = _f(
@@ -146,6 +149,10 @@ class RewardsConfig:
     length_mode: str = _f("group_relative", "Token-cost form: the paper's group-relative length reward, or a linear cost.",
                           ("group_relative", "linear"))
     token_cost: float = _f(0.001, "Linear mode: reward lost per token the agent itself generated.")
+    length_gate: str = _f("correct", "When the length term pays: correct (in a correct episode only; a wrong one gets "
+                          "the group's lowest length value, so no wrong episode out-scores a right one) or paper (the "
+                          "paper's code: the long agent's term ungated, the answering agent's Kimi-1.5 style).",
+                          LENGTH_GATES)
     skip: SkipRewardsConfig = _f(SkipRewardsConfig(), "Thresholds of the step-entropy [SKIP] terms (skip_ratio, ...).")
 
 

@@ -285,7 +285,7 @@ def test_metrics_episodes_tensorboard_and_checkpoints(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2, 3]
     expected = {"episode/accuracy", "episode/finished", "episode/turns", "episode/tokens", "trained",
                 "reward/a/even_tokens_test", "reward/a/total", "tokens/a", "format/a", "reward/b/total",
-                "time/rollout_s", "time/update_s", "time/step_s",
+                "time/rollout_s", "time/update_s", "time/step_s", "groups/a/all_equal", "groups/b/all_equal",
                 *(f"train/{r}/{k}" for r in "ab" for k in ("policy_loss", "entropy", "clip_frac", "grad_norm",
                                                           "lr", "samples", "tokens", "logprob_err"))}
     assert expected <= set(metrics[0])

@@ -167,12 +167,18 @@ def _episode_with_tokens(n_long: int, n_short: int, correct: bool) -> Episode:
 def test_length_reward_counts_only_the_agents_own_tokens():
     agents = {"long": LongThoughtAgent("long"), "short": ShortThoughtAgent("short")}
     group = [_episode_with_tokens(10, 100, True), _episode_with_tokens(30, 5, True), _episode_with_tokens(20, 50, False)]
-    score_group(group, {"long": {"length": 1.0}, "short": {"length": 1.0}}, RewardContext(agents))
-    # long: counts 10, 30, 20 -> lam = 0.5, -0.5, 0.0, never gated (the long agent gives no answer)
+    paper = RewardContext(agents, length_gate="paper")
+    score_group(group, {"long": {"length": 1.0}, "short": {"length": 1.0}}, paper)
+    # long: counts 10, 30, 20 -> lam = 0.5, -0.5, 0.0, never gated in the paper (the long agent gives no answer)
     assert [ep.rewards["long"]["length"] for ep in group] == [0.5, -0.5, 0.0]
     # short: counts 100, 5, 50 -> lam = -0.5, 0.5, 0.5 - 45/95; the wrong episode keeps only the penalty
     assert [ep.rewards["short"]["length"] for ep in group] == pytest.approx([-0.5, 0.5, 0.0])
-    score_group(group, {"short": {"length": 2.0}}, RewardContext(agents, length_mode="linear", token_cost=0.01))
+    # the default gate: the same lam in the correct episodes, the floor -0.5 in the wrong one, for both agents
+    score_group(group, {"long": {"length": 1.0}, "short": {"length": 1.0}}, RewardContext(agents))
+    assert [ep.rewards["long"]["length"] for ep in group] == [0.5, -0.5, -0.5]
+    assert [ep.rewards["short"]["length"] for ep in group] == pytest.approx([-0.5, 0.5, -0.5])
+    score_group(group, {"short": {"length": 2.0}},
+                RewardContext(agents, length_mode="linear", token_cost=0.01, length_gate="paper"))
     assert [ep.rewards["short"]["length"] for ep in group] == pytest.approx([-1.0, -0.05, -0.5])
     assert [ep.totals["short"] for ep in group] == pytest.approx([-2.0, -0.1, -1.0])
 
@@ -253,5 +259,7 @@ def test_length_reward_ignores_episodes_the_agent_never_acted_in():
     silent = _episode_with_tokens(10, 0, False)
     silent.turns = silent.turns[:1]  # the long agent failed, the short agent never spoke
     group = [_episode_with_tokens(10, 40, True), _episode_with_tokens(10, 20, True), silent]
-    score_group(group, {"short": {"length": 1.0}}, RewardContext(agents))
+    score_group(group, {"short": {"length": 1.0}}, RewardContext(agents, length_gate="paper"))
     assert [ep.rewards["short"]["length"] for ep in group] == [-0.5, 0.5, 0.0]
+    score_group(group, {"short": {"length": 1.0}}, RewardContext(agents))  # wrong: the floor, acted or not
+    assert [ep.rewards["short"]["length"] for ep in group] == [-0.5, 0.5, -0.5]

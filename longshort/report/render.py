@@ -115,6 +115,8 @@ def charts(run: RunData) -> list[Chart]:
     per_agent = [("Total reward", "reward/{}/total", False, ""),
                  ("Own tokens per episode", "tokens/{}", False, ""),
                  ("Format rate (every own turn well-formed)", "format/{}", True, ""),
+                 ("Groups with all-equal rewards (no gradient)", "groups/{}/all_equal", True,
+                  "not logged by this run"),
                  ("KL to the reference", "train/{}/kl", False,
                   "no KL logged: trainer.kl_coef = 0 builds no reference model"),
                  ("Clip fraction", "train/{}/clip_frac", False, "")]

@@ -19,11 +19,12 @@ class RewardContext:
     agents: Mapping[str, Agent]
     length_mode: str = "group_relative"  # or "linear"
     token_cost: float = 0.001
+    length_gate: str = "correct"  # or "paper"
     skip: SkipRewardsConfig = field(default_factory=SkipRewardsConfig)
 
     @classmethod
     def from_config(cls, agents: Mapping[str, Agent], rewards: RewardsConfig) -> "RewardContext":
-        return cls(agents, rewards.length_mode, rewards.token_cost, rewards.skip)
+        return cls(agents, rewards.length_mode, rewards.token_cost, rewards.length_gate, rewards.skip)
 
 
 def register_reward(name: str):

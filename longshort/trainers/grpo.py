@@ -51,7 +51,7 @@ from longshort.episode import Episode, TrainingSample, save_episodes
 from longshort.models import load_configured, model_key
 from longshort.paths import write_atomically
 from longshort.rollout import build_runner
-from longshort.trainers.metrics import MetricsLogger, episode_metrics
+from longshort.trainers.metrics import MetricsLogger, episode_metrics, group_metrics
 from longshort.trainers.policy import MicroBatch, Policy
 from longshort.trainers.schedule import ProblemStream, Schedule
 
@@ -203,7 +203,7 @@ class GRPOTrainer:
         if self.save_episodes:
             (self.out_dir / "episodes").mkdir(parents=True, exist_ok=True)
             save_episodes(episodes, self.out_dir / "episodes" / f"step_{step + 1:04d}.jsonl")
-        metrics: dict = episode_metrics(episodes, list(cfg.agents))
+        metrics: dict = {**episode_metrics(episodes, list(cfg.agents)), **group_metrics(groups, list(cfg.agents))}
         trained = self.schedule.trained(step)
         for role in trained:
             stats = self.update(self.policies[role], self.samples(groups, role))

@@ -15,6 +15,9 @@ share one vocabulary:
   loss is), while ``clip_frac``, ``entropy``, ``logprob_err`` and ``kl`` are per action token of the
   ``trained_samples`` only: samples with advantage 0 are not run through the model when there is no
   KL term (``GRPOTrainer.update``), so nothing is measured on them;
+- ``groups/<role>/all_equal``: share of the step's groups in which the agent's total rewards are all
+  equal (or it acted in fewer than two episodes): group-normalised advantages are 0 there, so those
+  groups give the agent no gradient, whatever their size;
 - ``time/rollout_s``, ``time/update_s``, ``time/step_s``.
 """
 from __future__ import annotations
@@ -49,6 +52,18 @@ def episode_metrics(episodes: Sequence[Episode], roles: Sequence[str]) -> dict[s
         metrics[f"format/{role}"] = fmean(
             float(any(t.role == role for t in ep.turns) and all(t.format_ok for t in ep.turns if t.role == role))
             for ep in episodes)
+    return metrics
+
+
+def group_metrics(groups: Sequence[Sequence[Episode]], roles: Sequence[str]) -> dict[str, float]:
+    """``groups/<role>/all_equal`` for every agent with rewards: the groups that give it no gradient."""
+    metrics = {}
+    for role in roles:
+        if not any(role in ep.totals for group in groups for ep in group):
+            continue
+        distinct = [len({ep.totals[role] for ep in group if any(t.role == role for t in ep.turns)})
+                    for group in groups]
+        metrics[f"groups/{role}/all_equal"] = fmean(float(n <= 1) for n in distinct)
     return metrics
 
 
