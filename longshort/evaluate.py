@@ -5,9 +5,11 @@ on ``eval.benchmarks`` and writes records, ``results.json``, ``table.md``, ``plo
 ``report.html`` (``longshort.report``: the table, the plot and an episode browser) into the output
 folder (default ``<output_dir>/eval``, or ``<output_dir>/eval_single`` for single mode). The table
 goes to stdout; progress to stderr. Ctrl-C keeps every finished episode: the same command resumes.
-Besides config overrides it takes three arguments of its own, which are not config keys: ``out=``
-(output folder), ``system=`` (the row label) and ``compare=`` (earlier evaluations' folders,
-comma-separated, shown as extra rows).
+Besides config overrides it takes arguments of its own, which are not config keys: ``out=``
+(output folder), ``system=`` (the row label), ``compare=`` (earlier evaluations' folders,
+comma-separated, shown as extra rows) and ``baseline=`` (an earlier evaluation of other weights on
+the same problems: the two are paired item by item, and ``table.md`` and ``paired.json`` say by how
+much this one differs, with a 95% interval: ``longshort.evaluation.paired``).
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ ARGUMENTS = {
     "out=DIR": "output folder (default <output_dir>/eval, or <output_dir>/eval_single in single mode)",
     "system=LABEL": "the row label of this system (default '<name> (<mode>)')",
     "compare=DIR[,DIR]": "earlier evaluations (folders with results.json) to show as extra rows",
+    "baseline=DIR": "an earlier evaluation on the same problems: table.md and paired.json get this one minus it, "
+                    "paired by item, with 95% intervals",
 }
 BUILTIN_FLAGS = {**cli.DEBUG_FLAG, "--help-config": "list every config key with its type and documentation",
                  "--print-config": "print the resolved config and exit"}
@@ -33,7 +37,7 @@ console = Console(stderr=True)
 
 
 def split_arguments(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Take ``out=``, ``system=`` and ``compare=`` out of argv; the rest is the recipe and overrides."""
+    """Take ``out=``, ``system=``, ``compare=`` and ``baseline=`` out of argv; the rest is the recipe and overrides."""
     own = {spec.split("=")[0] for spec in ARGUMENTS}
     found, rest = {}, []
     for arg in argv:
@@ -63,6 +67,7 @@ def _evaluate(config, invocation: cli.Invocation, arguments: dict[str, str]) -> 
     out = Path(arguments["out"]) if arguments.get("out") else default_out_dir(config)
     try:
         compare = [Results.load(path) for path in arguments.get("compare", "").split(",") if path]
+        baseline = Results.load(arguments["baseline"]) if arguments.get("baseline") else None  # fails before the run
         console.print(f"evaluating {config.name} ({config.eval.mode}) on {', '.join(config.eval.benchmarks)} "
                       f"-> {out}")
         results = evaluate_benchmarks(config, out_dir=out, system=arguments.get("system"),
@@ -74,6 +79,13 @@ def _evaluate(config, invocation: cli.Invocation, arguments: dict[str, str]) -> 
     except ImportError as err:  # an engine's optional package (vllm...) is missing: the message says which
         print(f"error: {cli.one_line(err)}", file=sys.stderr)
         return 2
+    if baseline is not None:
+        from longshort.evaluation import paired
+
+        diffs = paired.compare_sets(out, arguments["baseline"], list(results.sets))
+        with (out / "table.md").open("a", encoding="utf-8") as table:
+            table.write("\n## Paired difference\n\n" + paired.markdown(results.system, baseline.system, diffs))
+        paired.write(out, results.system, baseline.system, arguments["baseline"], diffs)
     print((out / "table.md").read_text(), end="")
     console.print(report_after_run(out), markup=False, highlight=False, soft_wrap=True)
     rate = results.tokens_per_second

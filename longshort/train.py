@@ -138,7 +138,7 @@ def stage_eval(config: Config, run: Path) -> None:
         console.print(f"eval: {checkpoint} weights on {len(heldout)} held-out problems")
         results = evaluate_problems(staged, heldout, out_dir=run / "eval" / checkpoint, system=checkpoint)
         rows.append((checkpoint, results.sets["heldout"]))
-    summary = summary_table(rows, list(config.agents))
+    summary = summary_table(rows, list(config.agents)) + paired_summary(run, [name for name, _ in rows])
     if (run / "rl" / "metrics.jsonl").is_file():
         summary += "\n" + reward_trend(run / "rl" / "metrics.jsonl", list(config.agents))
     (run / "summary.md").write_text(summary)
@@ -147,15 +147,34 @@ def stage_eval(config: Config, run: Path) -> None:
 
 
 def summary_table(rows, roles: list[str]) -> str:
-    """Markdown: accuracy, mean generated tokens (total and per agent) and format rate per checkpoint."""
-    header = ["weights", "accuracy", "tokens", *[f"tokens ({role})" for role in roles], "format rate", "turns"]
+    """Markdown: accuracy with its 95% interval, mean generated tokens (total and per agent) and format
+    rate per checkpoint."""
+    header = ["weights", "items", "accuracy [95% CI]", "tokens", *[f"tokens ({role})" for role in roles],
+              "format rate", "turns"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for name, result in rows:
-        cells = [name, f"{100 * result.accuracy:.1f}%", f"{result.tokens:.1f}",
+        low, high = result.accuracy_ci or (result.accuracy, result.accuracy)
+        cells = [name, str(result.items), f"{100 * result.accuracy:.1f}% [{100 * low:.1f}, {100 * high:.1f}]",
+                 f"{result.tokens:.1f}",
                  *[f"{result.tokens_by_role.get(role, 0.0):.1f}" for role in roles],
                  f"{100 * (1 - result.format_failure_rate):.1f}%", f"{result.turns:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def paired_summary(run: Path, checkpoints: list[str]) -> str:
+    """Markdown: each evaluated checkpoint against the one before it, paired on the held-out items, so
+    two equal-looking rows are read with the interval of their difference (on a few dozen problems
+    it spans many points)."""
+    from longshort.evaluation import paired
+
+    if len(checkpoints) < 2:
+        return ""
+    parts = []
+    for before, after in zip(checkpoints, checkpoints[1:]):
+        diffs = paired.compare_sets(run / "eval" / after, run / "eval" / before, ["heldout"])
+        parts.append(paired.markdown(after, before, diffs))
+    return "\n" + "\n".join(parts)
 
 
 def reward_trend(metrics_path: Path, roles: list[str]) -> str:

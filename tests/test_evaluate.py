@@ -400,6 +400,14 @@ eval: {{benchmarks: [gsm8k, gpqa_diamond], limit: 2, samples: 2, max_new_tokens:
 
     assert main([f"recipe={recipe}", "eval.mode=single", f"out={tmp_path}/single", f"compare={out}"]) == 0
     assert "| again |" in (tmp_path / "single" / "table.md").read_text()
+    # the single model against the pair, paired on the same items of each set
+    assert main([f"recipe={recipe}", "eval.mode=single", f"out={tmp_path}/single", f"baseline={out}"]) == 0
+    paired = json.loads((tmp_path / "single" / "paired.json").read_text())
+    assert paired["b"] == "again" and set(paired["sets"]) == {"gsm8k", "gpqa_diamond"}
+    assert all(s["items"] == 2 for s in paired["sets"].values())
+    assert "## Paired difference" in (tmp_path / "single" / "table.md").read_text()
+    assert main([f"recipe={recipe}", f"out={tmp_path}/single", f"baseline={tmp_path}/nowhere"]) == 2
+    assert "no results.json" in capsys.readouterr().err
     assert main([f"recipe={recipe}", "eval.max_turns=3"]) == 2
     assert "max_turns differ" in capsys.readouterr().err
 
@@ -407,4 +415,4 @@ eval: {{benchmarks: [gsm8k, gpqa_diamond], limit: 2, samples: 2, max_new_tokens:
 def test_cli_help_lists_its_own_arguments(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    assert "out=DIR" in text and "compare=DIR" in text and "--restart" in text
+    assert "out=DIR" in text and "compare=DIR" in text and "baseline=DIR" in text and "--restart" in text

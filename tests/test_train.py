@@ -35,8 +35,10 @@ def _overrides(tiny_dir: Path, out: Path, roles: tuple[str, ...] = ("long", "sho
 def test_pipeline_runs_every_stage_and_writes_a_summary(tiny_dir, tmp_path):
     # 32 tokens for the long agent: a random model sometimes stops early, so turn lengths differ within
     # a group and the length reward gives the long agent advantages that are not all 0 (with 8 tokens
-    # every turn is cut at 8, every advantage is 0 and no update would ever run)
-    extra = ["agents.long.sampling.max_new_tokens=32", "rollout.group_size=4", "rollout.problems_per_step=4"]
+    # every turn is cut at 8, every advantage is 0 and no update would ever run); the paper's ungated
+    # length term, because a random model is never right and the default gate pays length only then
+    extra = ["agents.long.sampling.max_new_tokens=32", "rollout.group_size=4", "rollout.problems_per_step=4",
+             "rewards.length_gate=paper"]
     config = load_config("tiny", _overrides(tiny_dir, tmp_path / "run") + extra)
     run = run_pipeline(config)
     for stage in ("data", "sft", "rl", "eval"):
@@ -52,9 +54,14 @@ def test_pipeline_runs_every_stage_and_writes_a_summary(tiny_dir, tmp_path):
     before = load_file(run / "sft" / "long" / "final" / "model.safetensors")
     after = load_file(Path(finals["long"]) / "model.safetensors")
     assert any(not torch.equal(before[name], after[name]) for name in before)  # and moved the weights
-    table, trend = (run / "summary.md").read_text().split("\n\n", 1)
+    table, *paired, trend_title, trend = (run / "summary.md").read_text().strip().split("\n\n")
     assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["base", "sft", "rl"]
-    assert [line.split("|")[1].strip() for line in trend.splitlines()[4:]] == ["reward (long)", "reward (short)",
+    assert all("[" in line.split("|")[3] for line in table.splitlines()[2:])  # accuracy with its interval
+    # each checkpoint against the one before, paired on the held-out items
+    assert [block.split(":")[1].split("(")[0].strip() for block in paired[0::2]] == ["sft minus base", "rl minus sft"]
+    assert all(row.split("|")[1].strip() == "heldout" for row in paired[1::2] for row in row.splitlines()[2:])
+    assert trend_title.startswith("RL rollouts")
+    assert [line.split("|")[1].strip() for line in trend.splitlines()[2:]] == ["reward (long)", "reward (short)",
                                                                              "accuracy"]
 
 

@@ -13,9 +13,10 @@ import math
 import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from longshort.evaluation.records import ERROR, Record
+from longshort.evaluation.stats import mean_interval
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -32,8 +33,11 @@ class SetResult:
     """The metrics of one problem set (a benchmark, or the run's held-out problems).
 
     ``accuracy`` and ``pass_at`` are fractions in [0, 1]; ``accuracy_stderr`` is the standard error
-    of the mean over items (how far a rerun on new items could move the number). ``outcomes`` counts
-    how episodes ended, ``verdicts`` why answered episodes were graded as they were.
+    of the mean over items (how far a rerun on new items could move the number) and ``accuracy_ci``
+    its 95% bootstrap interval over items (``longshort.evaluation.stats``). ``outcomes`` counts how
+    episodes ended, ``verdicts`` why answered episodes were graded as they were. ``by_steps`` splits
+    accuracy by the number of gold solution steps of the items that record them (synthetic problems,
+    GSM8K): ``{"2": {"items": 40, "accuracy": 0.3}}``; empty where the problems have none.
     """
 
     name: str
@@ -50,6 +54,8 @@ class SetResult:
     outcomes: dict[str, int]
     verdicts: dict[str, int]
     broken: list[dict] = field(default_factory=list)
+    accuracy_ci: tuple[float, float] | None = None  # None in results written before intervals existed
+    by_steps: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -58,19 +64,39 @@ class SetResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> SetResult:
-        return cls(**{**data, "pass_at": {int(k): v for k, v in data["pass_at"].items()}})
+        ci = data.get("accuracy_ci")
+        return cls(**{**data, "pass_at": {int(k): v for k, v in data["pass_at"].items()},
+                      "accuracy_ci": tuple(ci) if ci else None})
 
 
-def summarize(name: str, records: Iterable[Record], samples: int) -> SetResult:
-    """Metrics of one set from its records (every (item, sample) of the set, each once)."""
+def per_item(records: Iterable[Record]) -> tuple[dict[str, float], dict[str, float]]:
+    """(accuracy, mean generated tokens) of each item over its samples: what paired comparisons pair."""
+    by_item: dict[str, list[Record]] = {}
+    for record in records:
+        by_item.setdefault(record.id, []).append(record)
+    return ({item: sum(r.correct for r in rs) / len(rs) for item, rs in by_item.items()},
+            {item: sum(r.total_tokens for r in rs) / len(rs) for item, rs in by_item.items()})
+
+
+def summarize(name: str, records: Iterable[Record], samples: int,
+              steps: Mapping[str, int] | None = None) -> SetResult:
+    """Metrics of one set from its records (every (item, sample) of the set, each once); ``steps``
+    maps item ids to their number of gold solution steps, where known."""
     records = list(records)
     if not records:
         raise ValueError(f"no records to summarize for '{name}'")
     by_item: dict[str, list[Record]] = {}
     for record in records:
         by_item.setdefault(record.id, []).append(record)
-    per_item = [sum(r.correct for r in rs) / len(rs) for rs in by_item.values()]
-    stderr = statistics.stdev(per_item) / math.sqrt(len(per_item)) if len(per_item) > 1 else 0.0
+    accuracy_of, _ = per_item(records)
+    per_item_accuracy = list(accuracy_of.values())
+    interval = mean_interval(per_item_accuracy)
+    strata: dict[int, list[float]] = {}
+    for item, value in accuracy_of.items():
+        if steps and item in steps:
+            strata.setdefault(steps[item], []).append(value)
+    n_items = len(per_item_accuracy)
+    stderr = statistics.stdev(per_item_accuracy) / math.sqrt(n_items) if n_items > 1 else 0.0
     ks = sorted({1, samples})
     pass_at = {k: statistics.fmean(pass_at_k(len(rs), sum(r.correct for r in rs), k) for rs in by_item.values())
                for k in ks if all(len(rs) >= k for rs in by_item.values())}
@@ -79,13 +105,15 @@ def summarize(name: str, records: Iterable[Record], samples: int) -> SetResult:
     verdicts = Counter(_verdict_kind(r.verdict) for r in records if r.verdict is not None)
     return SetResult(
         name=name, items=len(by_item), samples=samples, episodes=len(records),
-        accuracy=statistics.fmean(per_item), accuracy_stderr=stderr, pass_at=pass_at,
+        accuracy=statistics.fmean(per_item_accuracy), accuracy_stderr=stderr, pass_at=pass_at,
         tokens=statistics.fmean(r.total_tokens for r in records),
         tokens_by_role={role: statistics.fmean(r.tokens.get(role, 0) for r in records) for role in roles},
         turns=statistics.fmean(len(r.turns) for r in records),
         format_failure_rate=sum(n for reason, n in outcomes.items() if reason.startswith("format:")) / len(records),
         outcomes=dict(sorted(outcomes.items())), verdicts=dict(sorted(verdicts.items())),
         broken=[{"id": r.id, "sample": r.sample, "error": r.error} for r in records if r.outcome == ERROR],
+        accuracy_ci=(interval.low, interval.high),
+        by_steps={str(k): {"items": len(v), "accuracy": statistics.fmean(v)} for k, v in sorted(strata.items())},
     )
 
 

@@ -255,7 +255,8 @@ class _Run:
             await asyncio.gather(*(one(problem, sample) for problem, sample in todo))
         finally:
             self.seconds += time.perf_counter() - started
-        return summarize(name, [done[(problem.id, sample)] for problem, sample in wanted], self.samples)
+        steps = {problem.id: len(problem.meta["steps"]) for problem in problems if problem.meta.get("steps")}
+        return summarize(name, [done[(problem.id, sample)] for problem, sample in wanted], self.samples, steps)
 
 
 def _progress(enabled: bool) -> Progress:
