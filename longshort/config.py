@@ -103,6 +103,8 @@ class DataSourceConfig:
 class DataConfig:
     train: DataSourceConfig = _f(DataSourceConfig(limit=512), "Problems for SFT data and RL.")
     eval: DataSourceConfig = _f(DataSourceConfig(split="eval", limit=64), "Held-out problems for the run's evaluation stage.")
+    seed: Optional[int] = _f(None, "Seed of the synthetic problems (None: the run's seed), so runs with other seeds "
+                             "can still train and be evaluated on the same problems.")
 
 
 @dataclass

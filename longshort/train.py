@@ -51,7 +51,7 @@ def _load_source(split: str, config: Config) -> list[Problem]:
     """``data.<split>``'s problems; a source that cannot be read fails naming the config key to fix."""
     source = getattr(config.data, split)
     try:
-        return load_source(source, config.seed)
+        return load_source(source, config.seed if config.data.seed is None else config.data.seed)
     except (DataError, FileNotFoundError) as err:
         raise DataError(f"data.{split}.source={source.source}: {err}") from err
 

@@ -23,31 +23,37 @@ def tiny_dir(tmp_path_factory) -> Path:
     return path
 
 
-def _agents(tiny_dir: Path, roles: tuple[str, ...], model: str | None = None) -> list[str]:
-    return [f"agents.{role}.{key}" for role in roles for key in
-            (f"model.name_or_path={model or tiny_dir}", "model.dtype=fp32", "sampling.max_new_tokens=12")]
+def _agents(roles: tuple[str, ...], model: Path | None = None) -> list[str]:
+    """Toy agents: fp32, 12 tokens a turn, and the tiny model where the spec names no other run's weights."""
+    keys = ["model.dtype=fp32", "sampling.max_new_tokens=12"] + ([f"model.name_or_path={model}"] if model else [])
+    return [f"agents.{role}.{key}" for role in roles for key in keys]
+
+
+ROLES = {"longcot_tiny": ("single",), "skip_longcot_tiny": ("single",), "longshort_longcot_tiny": ("long", "short")}
 
 
 def toy_tiny_spec(tiny_dir: Path, out: Path) -> Path:
-    """recipes/tables/tiny.yaml at toy sizes on the tiny random model: the same runs, rows and links."""
+    """recipes/tables/tiny.yaml at toy sizes on the tiny random model: the same runs, rows and links
+    (two seeds where the spec has more)."""
     spec = yaml.safe_load((table_dir() / "tiny.yaml").read_text())
     spec["output_dir"] = str(out)
     toy = ["data.train.limit=8", "data.eval.limit=4", "sft.examples=8", "sft.epochs=1", "sft.batch_size=4",
            "sft.max_length=2048", "sft.save_every=1", "trainer.steps=2", "trainer.save_every=1",
            "rollout.problems_per_step=2", "rollout.group_size=2", "eval.max_new_tokens=12", "eval.max_turns=2"]
-    runs = spec["runs"]  # toy sizes after each run's own sizes, so they win
-    runs["longcot"]["overrides"] += [*toy, *_agents(tiny_dir, ("single",))]
-    # A random model's rollouts never reach the gold answer, so the synthesis builder would keep no
-    # transcript; the toy table cold-starts the pair from gold steps instead (synthesis has its own test).
-    for name in ("longshort", "longshort_lean"):
-        runs[name]["overrides"] += [*toy, *_agents(tiny_dir, ("long", "short")), "sft.coldstart=long_short"]
-    for name in ("skip", "skip_body"):
-        runs[name]["overrides"] += [*toy, *_agents(tiny_dir, ("single",), "{runs.longcot}/sft/single/final")]
+    for run in spec["runs"].values():  # toy sizes after each run's own sizes, so they win
+        linked = any("{runs." in o and ".model.name_or_path=" in o for o in run["overrides"])
+        run["overrides"] += [*toy, *_agents(ROLES[run["recipe"]], None if linked else tiny_dir)]
+        if run["recipe"] == "longshort_longcot_tiny":
+            # A random model's rollouts never reach the gold answer, so the synthesis builder would keep no
+            # transcript; the toy table cold-starts the pair from gold steps instead (synthesis has its own test).
+            run["overrides"].append("sft.coldstart=long_short")
+        if run.get("seeds"):
+            run["seeds"] = run["seeds"][:2]
     args = spec["analyses"]["step_entropy"]["args"]
     for flag, value in (("--limit", "4"), ("--chain-tokens", "12"), ("--answer-tokens", "4")):
         args[args.index(flag) + 1] = value
     path = out.parent / "toy_tiny.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
@@ -65,7 +71,9 @@ def test_the_tiny_table_runs_end_to_end_resumes_without_redoing_rows_and_writes_
 
     with pytest.raises(RuntimeError, match="simulated kill"):
         reproduce.run_table(spec, tmp_path / "table", runner=killed_after_skip_training)
-    assert done == ["train_longcot", "train_longshort", "train_longshort_lean", "train_skip"]
+    trained = ["train_longcot", "train_longcot_len3", "train_longshort_s1", "train_longshort_s2",
+               "train_longshort_ungated", "train_longshort_gold", "train_skip"]
+    assert done == trained
     finished = tmp_path / "table" / "runs" / "longcot" / "eval" / "sft" / "results.json"
     skip_weights = tmp_path / "table" / "runs" / "skip" / "sft" / "single" / "final" / "model.safetensors"
     stamps = finished.stat().st_mtime_ns, skip_weights.stat().st_mtime_ns
@@ -77,23 +85,33 @@ def test_the_tiny_table_runs_end_to_end_resumes_without_redoing_rows_and_writes_
         return reproduce.execute(command, layout)
 
     table = reproduce.run_table(spec, tmp_path / "table", runner=counting)
-    assert again == ["train_skip", "train_skip_body", "analysis_step_entropy"]  # finished rows are not redone
+    assert again == ["train_skip", "train_skip_body", "train_longcot_more", "analysis_step_entropy"]  # not redone
     assert (finished.stat().st_mtime_ns, skip_weights.stat().st_mtime_ns) == stamps  # nor the skip run's stages
     text = table.read_text()
+    main = text.split("### ")[0]
     for row in spec.rows:
-        assert f"| {row.label} |" in text
-    assert "Not measured yet" not in text and "Δ Acc. vs long-CoT SFT" in text
+        label = f"{row.label}, mean of 2 seeds" if spec.runs.get(row.run) and spec.runs[row.run].seeds else row.label
+        assert f"| {label} |" in main
+    assert "Not measured yet" not in text and "Δ Acc. (points) [paired 95% CI]" in main
+    lines = {line.split(" | ")[0][2:]: line.split(" | ") for line in main.splitlines() if line.startswith("| ")}
+    assert lines["Long-Short RL, mean of 2 seeds"][5] == "long-CoT SFT"  # paired with the baseline
+    assert lines["80% random steps -> [SKIP]"][5] == "long-CoT own chains, answer after thinking"  # its own 'versus'
+    assert lines["long-CoT SFT"][5] == ""  # the baseline is not compared with itself
+    seeds = text.split("### Seeds")[1].split("###")[0]
+    assert "| Long-Short RL | 1 |" in seeds and "| Long-Short RL | 2 |" in seeds and "mean ± SD of 2" in seeds
+    assert "### Accuracy (%) by number of gold steps" in text
+    budgets = text.split("### Starting weights and training budget")[1].split("##")[0]
+    assert "| long-CoT + length penalty, weight 3 | single: runs/longcot/sft/single/final | - | 2 x 8 |" in budgets
     assert (tmp_path / "table" / "plot.png").stat().st_size > 0
     rows = json.loads((tmp_path / "table" / "table.json").read_text())["rows"]
     pruned = {row["system"]: row["redundancy"] for row in rows if "redundancy" in row}
     assert set(pruned) == {r.label for r in spec.rows if r.analysis}
     assert all(0 <= r["removed_redundant"] <= r["removed"] for r in pruned.values())
     assert set(json.loads((tmp_path / "table" / "timings.json").read_text())) == {
-        "train_longcot", "train_longshort", "train_longshort_lean", "train_skip", "train_skip_body",
-        "analysis_step_entropy"}
+        *trained, "train_skip_body", "train_longcot_more", "analysis_step_entropy"}
     # where the time went: every command, and a training command split into its stages and RL steps
     breakdown = text.split("## Where the time went")[1]
-    for key in ("train_longcot", "train_longshort", "train_skip", "analysis_step_entropy"):
+    for key in ("train_longcot", "train_longshort_s1", "train_skip", "analysis_step_entropy"):
         assert f"| {key} | " in breakdown
     assert re.search(r"\| train_longcot \| [\d.]+ \|( [\d.]+ \|){5} 2 \(\d+ s\) \|", breakdown)
     assert re.search(r"\| \*\*total\*\* \| \*\*[\d.]+\*\* \([\d.]+ h\) \|", breakdown)

@@ -53,12 +53,7 @@ def score_pruning(chains: Iterable[tuple[Sequence[bool], Sequence[int]]]) -> Red
     return RedundancyScore(removed, removed_redundant, redundant)
 
 
-def pruning_results(folder: str | Path, strategy: str, kappa: float, system: str, *,
-                    score: str = "mean") -> tuple[Results, RedundancyScore]:
-    """One cell of an entropy analysis folder (``results.json``, ``answers.jsonl``) as Results + score."""
-    folder = Path(folder)
-    summary = json.loads((folder / "results.json").read_text())
-    chains = {c["id"]: c for c in summary["per_chain"]}
+def _answer_rows(folder: Path, strategy: str, kappa: float, score: str) -> list[dict]:
     rows = [json.loads(line) for line in (folder / "answers.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r["strategy"] == strategy and abs(r["kappa"] - kappa) < 1e-9
             and r.get("score", "mean") == score]  # analyses before --score took several wrote no score
@@ -66,14 +61,32 @@ def pruning_results(folder: str | Path, strategy: str, kappa: float, system: str
         raise ValueError(f"{folder} has no answers for strategy {strategy} at kappa {kappa} ranked by the {score} "
                          f"score: run the analysis with --kappas including {kappa}, --strategies including "
                          f"{strategy} and --score including {score}")
-    records = [Record(id=r["problem_id"], sample=0, correct=bool(r["correct"]), outcome="answered",
-                      gold=str(chains[r["problem_id"]]["gold"]), verdict="ok" if r["correct"] else "wrong",
-                      extracted=r["extracted"], tokens={"single": int(r["thinking_tokens"])}) for r in rows]
+    return rows
+
+
+def pruning_answer_records(folder: str | Path, strategy: str, kappa: float, *, score: str = "mean") -> list[Record]:
+    """One cell of an entropy analysis folder as evaluation records (one per chain), for pairing."""
+    folder = Path(folder)
+    chains = {c["id"]: c for c in json.loads((folder / "results.json").read_text())["per_chain"]}
+    return [Record(id=r["problem_id"], sample=0, correct=bool(r["correct"]), outcome="answered",
+                   gold=str(chains[r["problem_id"]]["gold"]), verdict="ok" if r["correct"] else "wrong",
+                   extracted=r["extracted"], tokens={"single": int(r["thinking_tokens"])})
+            for r in _answer_rows(folder, strategy, kappa, score)]
+
+
+def pruning_results(folder: str | Path, strategy: str, kappa: float, system: str, *,
+                    score: str = "mean") -> tuple[Results, RedundancyScore]:
+    """One cell of an entropy analysis folder (``results.json``, ``answers.jsonl``) as Results + score."""
+    folder = Path(folder)
+    summary = json.loads((folder / "results.json").read_text())
+    chains = {c["id"]: c for c in summary["per_chain"]}
+    records = pruning_answer_records(folder, strategy, kappa, score=score)
     settings = summary["settings"]
     results = Results(system=system, mode="pruned", models={"single": settings["model"]},
                       settings={"strategy": strategy, "kappa": kappa, "score": score, "answer_temperature": settings["answer_temperature"],
                                 "chain_temperature": settings["chain_temperature"]},
                       sets={"heldout": summarize("heldout", records, 1)})
+    rows = _answer_rows(folder, strategy, kappa, score)
     score = score_pruning(([label_step(s) != GOLD for s in chains[r["problem_id"]]["steps"]], r["pruned"]) for r in rows)
     return results, score
 

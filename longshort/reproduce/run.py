@@ -35,7 +35,7 @@ from typing import Callable
 from rich.console import Console
 
 from longshort.config import ConfigError, load_config
-from longshort.reproduce.tables import HELDOUT, RowSpec, TableError, TableSpec, load_table
+from longshort.reproduce.tables import HELDOUT, RowSpec, TableError, TableSpec, load_table, seed_runs
 from longshort.reproduce.timing import Timings
 
 console = Console(stderr=True)
@@ -104,9 +104,9 @@ def plan(spec: TableSpec, out: Path) -> list[Command]:
     """Every command the table needs, in the order they must run."""
     layout = Layout(out)
     commands: list[Command] = []
-    for name, run in spec.runs.items():
-        rows = [row for row in spec.rows if row.run == name]
-        stages = ["data", "sft"] + (["rl"] if any(row.weights == "rl" for row in rows) else [])
+    for name, (base, run) in seed_runs(spec).items():
+        rows = [row for row in spec.rows if row.run == base]
+        stages = ["data"] + ["sft"] * run.sft + (["rl"] if any(row.weights == "rl" for row in rows) else [])
         weights = [w for w in ("sft", "rl") if any(row.weights == w for row in rows)]
         evaluated = spec.heldout and bool(weights)  # held-out columns: the pipeline's eval stage measures the rows
         overrides = [substitute(o, layout) for o in (*spec.overrides, *run.overrides)]

@@ -4,12 +4,16 @@ A spec names **runs** (a recipe plus overrides, trained by ``python -m longshort
 **analyses** (a command that reads a run's weights, e.g. ``python -m longshort.analysis.entropy``),
 **rows** (what the table shows) and **columns** (where the rows are measured):
 
-- a row ``{run: NAME, weights: sft|rl}`` is a run's weights after that stage;
+- a row ``{run: NAME, weights: sft|rl}`` is a run's weights after that stage; a run with ``seeds:
+  [1, 2, 3]`` is trained once per seed, and its rows show each seed and the mean over seeds;
 - a row ``{model: HUB_ID, recipe: NAME}`` is an external model evaluated as is, alone
   (``eval.mode=single``), under that recipe's evaluation protocol;
 - a row ``{analysis: NAME, strategy: low|random|high, kappa: K}`` is one cell of a step-entropy
   pruning analysis (the model's own chains with ``floor(K x N)`` steps replaced by ``[SKIP]``);
   ``score: mean|sum|body`` picks the step score that ranked them (the analysis must compute it).
+
+Every row is compared with the table's ``baseline`` row (or its own ``versus:`` row) paired on the
+same problems, with a 95% interval (``longshort.evaluation.paired``).
 
 ``columns: heldout`` measures rows on each run's own held-out problems (the pipeline's eval stage;
 every run of a table should then share its data settings, which the table-wide ``overrides``
@@ -43,6 +47,22 @@ class TableError(ValueError):
 class RunSpec:
     recipe: str
     overrides: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # several: one run per seed (NAME_s<seed>), rows show each + mean
+    sft: bool = True  # false: no SFT stage, RL starts from the agents' configured weights (another run's, say)
+
+
+def seed_runs(spec: "TableSpec") -> dict[str, tuple[str, RunSpec]]:
+    """Every run the table trains: folder name -> (the spec's run name, the run with its seed set).
+
+    A run with ``seeds`` becomes one run per seed, ``<name>_s<seed>``, each with ``seed=<seed>`` after
+    its overrides (set ``data.seed`` table-wide so that every seed sees the same problems)."""
+    out = {}
+    for name, run in spec.runs.items():
+        if not run.seeds:
+            out[name] = (name, run)
+        for seed in run.seeds:
+            out[f"{name}_s{seed}"] = (name, RunSpec(run.recipe, [*run.overrides, f"seed={seed}"], sft=run.sft))
+    return out
 
 
 @dataclass
@@ -66,6 +86,7 @@ class RowSpec:
     recipe: str | None = None
     overrides: list[str] = field(default_factory=list)
     analysis: str | None = None
+    versus: str | None = None  # the row its paired difference is taken against (default: the table's baseline)
     strategy: str = "low"
     kappa: float = 0.8
     score: str = "mean"
@@ -162,16 +183,26 @@ def _check(spec: TableSpec, where: str) -> None:
     if spec.baseline is not None and spec.baseline not in labels:
         raise TableError(f"{where}: baseline '{spec.baseline}' is no row label{did_you_mean(spec.baseline, labels)}")
     runs = list(spec.runs)
+    seeded = [name for name, run in spec.runs.items() if run.seeds]
     for index, (name, run) in enumerate(spec.runs.items()):
+        if len(set(run.seeds)) != len(run.seeds):
+            raise TableError(f"{where}: run '{name}' repeats a seed: {run.seeds}")
         for ref in references(" ".join([*spec.overrides, *run.overrides])):
             if ref not in runs[:index]:
                 raise TableError(f"{where}: run '{name}' refers to {{runs.{ref}}}, which is not an earlier run "
                                  f"(runs in order: {', '.join(runs)})")
+            if ref in seeded:
+                raise TableError(f"{where}: run '{name}' refers to {{runs.{ref}}}, which has several seeds: name "
+                                 "one run without seeds instead")
     for name, analysis in spec.analyses.items():
         for ref in references(" ".join(analysis.args)):
             if ref not in runs:
                 raise TableError(f"{where}: analysis '{name}' refers to {{runs.{ref}}}, which is not a run"
                                  f"{did_you_mean(ref, runs)}")
+            if ref in seeded:
+                raise TableError(f"{where}: analysis '{name}' refers to {{runs.{ref}}}, which has several seeds")
+    if seeded and not spec.heldout:
+        raise TableError(f"{where}: runs with several seeds ({', '.join(seeded)}) need columns: {HELDOUT}")
     for row in spec.rows:
         chosen = [key for key in ("run", "model", "analysis") if getattr(row, key)]
         if len(chosen) != 1:
@@ -179,8 +210,14 @@ def _check(spec: TableSpec, where: str) -> None:
         if row.run and row.run not in spec.runs:
             raise TableError(f"{where}: row '{row.label}' names run '{row.run}'{did_you_mean(row.run, runs)}; "
                              f"runs: {', '.join(runs)}")
+        if row.versus is not None and row.versus not in labels:
+            raise TableError(f"{where}: row '{row.label}' is compared with '{row.versus}', which is no row label"
+                             f"{did_you_mean(row.versus, labels)}")
         if row.run and row.weights not in ("sft", "rl"):
             raise TableError(f"{where}: row '{row.label}': weights must be sft or rl, got '{row.weights}'")
+        if row.run and row.run in spec.runs and row.weights == "sft" and not spec.runs[row.run].sft:
+            raise TableError(f"{where}: row '{row.label}' shows the sft weights of run '{row.run}', which has no "
+                             "SFT stage (sft: false): show its rl weights")
         if row.model and not row.recipe:
             raise TableError(f"{where}: row '{row.label}' evaluates model {row.model}: give the recipe whose "
                              "evaluation protocol it runs under (recipe: NAME)")
