@@ -393,6 +393,33 @@ def test_sft_rows_train_exactly_the_embedded_examples_tokens(openrlhf_cli, tmp_p
     assert trained_positions == own
 
 
+def test_a_turn_cut_by_the_length_cap_is_trained_on_neither_backend(tmp_path, tiny_dir):
+    """sft.max_length inside the agent's second turn: the embedded example and the OpenRLHF rows both train the
+    first turn only; no row ends, with the EOS OpenRLHF always trains, in the middle of a turn."""
+    from transformers import AutoTokenizer
+
+    from longshort.rollout import build_agents
+    from longshort.sft import build_examples
+
+    config = load_config("qwen7b", [f"output_dir={tmp_path}", f"agents.short.model.name_or_path={tiny_dir}"])
+    turns = [{"role": "long", "text": "<think>\nTom starts with 2.\n</think>"},
+             {"role": "short", "text": "<answer>Then buys 3.</rethink>"},
+             {"role": "long", "text": "<think>\n2 + 3 = 5.\n</think>"},
+             {"role": "short", "text": "<answer>So the answer is \\boxed{5} </answer>"}]
+    record = {"id": "p0", "question": QUESTION, "answer": "5", "turns": turns, "role": "short"}
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    agent = build_agents(config)["short"]
+    [full] = build_examples(agent, [record], tok, 4096)
+    config.sft.max_length = len(full.input_ids) - 3  # inside the last answer
+    launcher.coldstart_path(config, "short").parent.mkdir(parents=True)
+    launcher.coldstart_path(config, "short").write_text(json.dumps(record) + "\n")
+    rows = [json.loads(line) for line in launch.write_sft_data(config, "short").path.read_text().splitlines()]
+    [embedded] = build_examples(agent, [record], tok, config.sft.max_length)
+    first = enc(tok, turns[1]["text"])
+    assert [row["ids"][len(row["input_ids"]):] for row in rows] == [first + [tok.eos_token_id]]
+    assert [token for token, own in zip(embedded.input_ids, embedded.loss_mask) if own] == first
+
+
 # ----------------------------------------------------------------------------------- (c) the partner on Ray
 
 

@@ -159,7 +159,7 @@ def test_sft_rows_survive_a_cleaning_tokenizer_and_the_length_cap(tmp_path, tiny
     config = load_config("qwen7b", [f"output_dir={tmp_path}/run", f"agents.short.model.name_or_path={cleaning}"])
     agent = build_agents(config)["short"]
     full = build_examples(agent, [record], tok, 4096)[0]
-    config.sft.max_length = len(full.input_ids)  # the example is exactly data.max_len long
+    config.sft.max_length = len(full.input_ids) + 1  # the example and its EOS are exactly data.max_len long
     commands.coldstart_path(config, "short").parent.mkdir(parents=True)
     commands.coldstart_path(config, "short").write_text(json.dumps(record) + "\n")
     data = launch.write_sft_data(config, "short")
@@ -202,6 +202,8 @@ def test_rows_carry_their_ids_and_openrlhf_gets_them_back_through_sft_main(monke
     assert wrapped((row["input"] + row["output"]).rstrip("\n"), return_tensors="pt")["input_ids"].tolist() == [row["ids"]]
     assert wrapped("abz")["input_ids"] == [99, 26] and wrapped.eos_token == "</s>"  # other texts: the real one
     assert launch.openrlhf_sft_rows(example, Merging(), max_len=4) == ([], 1)  # 4 ids + EOS do not fit
+    ending = SimpleNamespace(input_ids=[1, 2, 3, 0], loss_mask=[0, 0, 1, 1])  # a turn that ends with EOS (id 0)
+    assert [r["ids"] for r in launch.openrlhf_sft_rows(ending, Merging(), max_len=4)[0]] == [[1, 2, 3, 0]]
 
     # the SFT command runs OpenRLHF's train_sft through sft_main, whose get_tokenizer wraps the real one
     pytest.importorskip("openrlhf", reason=NO_OPENRLHF)

@@ -96,8 +96,10 @@ def openrlhf_sft_rows(example, tokenizer, max_len: int) -> tuple[list[dict], int
     a token depends only on the tokens before it, so one row per own turn, with everything before the
     turn as the prompt, trains exactly the token losses of the embedded example; only the batching
     differs. The output ends with the EOS token, which OpenRLHF always trains (ending it ourselves
-    avoids its `` <eos>`` with a space); the embedded SFT trains no EOS, since our engines end a turn
-    at its closing tag.
+    avoids its `` <eos>`` with a space); the embedded SFT trains no EOS after a turn that ends at its
+    closing tag, since our engines stop there (a turn that ends with EOS already gets no second one).
+    Every own turn of ``example`` is whole: ``build_examples`` leaves out a turn its length cut falls
+    inside, which here would be closed by an EOS in mid-turn.
 
     Each row carries its ids (``input_ids``: the prompt's, ``ids``: the whole row's with the EOS), and
     ``sft_main`` makes OpenRLHF's ``SFTDataset`` tokenize the row's two texts into exactly those: a
@@ -112,11 +114,12 @@ def openrlhf_sft_rows(example, tokenizer, max_len: int) -> tuple[list[dict], int
         if own and start is None:
             start = index
         elif not own and start is not None:
-            if index + 1 <= max_len:
+            ends = ids[index - 1] == tokenizer.eos_token_id
+            if index + (not ends) <= max_len:
                 rows.append({"input": tokenizer.decode(ids[:start], clean_up_tokenization_spaces=False),
                              "output": tokenizer.decode(ids[start:index], clean_up_tokenization_spaces=False)
-                             + tokenizer.eos_token,
-                             "input_ids": ids[:start], "ids": ids[:index] + [tokenizer.eos_token_id]})
+                             + ("" if ends else tokenizer.eos_token),
+                             "input_ids": ids[:start], "ids": ids[:index] + ([] if ends else [tokenizer.eos_token_id])})
             else:
                 dropped += 1
             start = None
