@@ -51,7 +51,7 @@ from longshort.engines.hf_cache import cache_kwarg, returned_cache
 from longshort.trainers.optim import adamw, cosine_schedule
 from longshort.memory import release_freed_memory
 from longshort.models import pick_dtype
-from longshort.paths import write_atomically
+from longshort.paths import holds_weights, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def run_sft(model, tokenizer, agent: Agent, transcripts: Sequence[dict], config:
     """
     out = Path(out_dir)
     final = out / "final"
-    if (final / "config.json").is_file():
+    if holds_weights(final):
         model.float()
         _load_weights(model, final)
         model.eval()

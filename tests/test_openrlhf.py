@@ -292,6 +292,37 @@ def test_plan_renders_the_papers_pipeline():
                                                   "long": str(run / "rl/phase2_long/model")}
 
 
+def test_rl_after_a_finished_sft_starts_from_its_weights_on_both_backends(tmp_path, tiny_dir):
+    """``stages=[rl, eval]`` after the SFT: RL (and eval's sft row) use the SFT weights only once that SFT
+    finished; an empty or unmarked ``final`` folder (a failed train_sft) is not weights."""
+    import shutil
+
+    from longshort.paths import holds_weights
+    from longshort.train import stage_models
+
+    config = load_config("qwen7b", [f"output_dir={tmp_path}", "stages=[rl,eval]"])
+    base = {role: agent.model.name_or_path for role, agent in config.agents.items()}
+    finals = {role: str(launcher.sft_model_dir(config, role)) for role in config.agents}
+
+    def starts() -> tuple[dict, dict]:
+        return {p.role: p.init for p in launcher.phases(config)}, stage_models(config, tmp_path, "sft")
+
+    for path in finals.values():
+        Path(path).mkdir(parents=True)  # what a failed train_sft leaves
+    assert starts() == (base, base)
+    for path in finals.values():
+        shutil.rmtree(path)
+        shutil.copytree(tiny_dir, path)
+    assert starts() == (base, base)  # weights without the step's DONE marker: maybe a partial save
+    for role in config.agents:
+        (tmp_path / "sft" / role / "DONE").write_text("{}\n")
+    assert starts() == (finals, finals)
+    assert stage_models(replace(config, backend=replace(config.backend, name="embedded")), tmp_path, "sft") == finals
+    index = Path(finals["long"]) / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}}))
+    assert not holds_weights(Path(finals["long"]))  # a sharded save with a shard missing
+
+
 def test_ray_address_submits_jobs_with_code_and_paths_the_cluster_can_reach(tmp_path):
     with pytest.raises(ConfigError, match="set backend.shared_dir"):
         launcher.plan(load_config("qwen7b", ["backend.ray_address=http://head:8265"]))

@@ -42,6 +42,7 @@ from omegaconf import OmegaConf
 
 from longshort.config import Config, ConfigError
 from longshort.extensions import is_file_entry, worker_env
+from longshort.paths import holds_weights
 from longshort.trainers import tracking
 from longshort.trainers.openrlhf.partner import PartnerSpec
 
@@ -214,10 +215,17 @@ def phases(config: Config) -> list[Phase]:
     return result
 
 
+def sft_finished(config: Config, role: str) -> bool:
+    """Whether the agent's SFT finished: its step's ``DONE`` marker and a whole save in ``sft/<role>/final``
+    (a failed ``train_sft`` leaves that folder empty or partial)."""
+    return (run_dir(config) / "sft" / role / "DONE").is_file() and holds_weights(sft_model_dir(config, role))
+
+
 def _initial_checkpoints(config: Config) -> dict[str, str]:
-    """Every agent's weights before RL: its SFT output when the run has an sft stage, else its base model."""
-    return {role: str(sft_model_dir(config, role)) if "sft" in config.stages else agent.model.name_or_path
-            for role, agent in config.agents.items()}
+    """Every agent's weights before RL: its SFT output when the run has an sft stage or a finished SFT
+    (``stages=[rl, ...]`` after it, as the embedded backend's ``train.stage_models``), else its base model."""
+    return {role: str(sft_model_dir(config, role)) if "sft" in config.stages or sft_finished(config, role)
+            else agent.model.name_or_path for role, agent in config.agents.items()}
 
 
 def final_checkpoints(config: Config) -> dict[str, str]:
