@@ -104,7 +104,10 @@ def test_packing_flags_pass_openrlhfs_parser():
     grpo = next(c for c in commands.plan(config) if c.module == "openrlhf.cli.train_ppo_ray")
     args = preflight.parse_flags(grpo.module, grpo.flags)
     assert args.ds.packing_samples and args.train.dynamic_batch_enable
-    assert args.train.max_tokens_per_gpu == args.rollout.max_tokens_per_gpu == commands.max_len(config)
+    # one longest episode: the prompt and 8 turns of at most 1,024 tokens, not data.max_len's 17,440
+    assert args.train.max_tokens_per_gpu == args.rollout.max_tokens_per_gpu == 1024 + 8 * 1024 + 4 * 8
+    assert commands.episode_tokens(config) == 1024 + 8 * 1024 + 4 * 8 < commands.max_len(config)
+    assert "longest episode 9248 tokens" in preflight.layout_check(config).detail
     assert args.train.micro_batch_size == 1 and args.ds.attn_implementation == "flash_attention_2"
 
 
@@ -324,7 +327,7 @@ def test_preflight_fails_with_the_reason_on_the_old_flags(tmp_path, tiny_dir, mo
     assert preflight.run_preflight(config, problems=2, hub=False, echo=printed.append) == 2
     failed = [line for line in printed if line.startswith("FAILED")]
     assert failed == [next(line for line in printed if line.startswith("FAILED per-GPU memory"))]
-    assert "actor (short, 6 GPUs) needs ~449 GiB per GPU" in failed[0] and "trainer.micro_batch_size=1" in failed[0]
+    assert "actor (short, 6 GPUs) needs ~261 GiB per GPU" in failed[0] and "trainer.micro_batch_size=1" in failed[0]
 
 
 def test_preflight_shows_a_cold_start_that_cannot_be_built(tmp_path, tiny_dir, monkeypatch):

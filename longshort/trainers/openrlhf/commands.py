@@ -159,9 +159,23 @@ def max_len(config: Config) -> int:
     return PROMPT_TOKENS + config.env.max_total_tokens + SEPARATOR_TOKENS * config.env.max_turns
 
 
+def episode_tokens(config: Config) -> int:
+    """The longest episode the trained agent can hold: the prompt, ``env.max_turns`` turns each at the largest
+    per-turn cap (``sampling.max_new_tokens``, within ``env.max_total_tokens`` together) and their separators.
+
+    ``max_len`` budgets every turn at the episode's whole budget; the turn caps bound it tighter, and a
+    micro-batch budget of ``max_len`` would reserve logits (and their gradient) for tokens no episode has.
+    Counted in the trained agent's tokens: a partner of another vocabulary, re-tokenized, can run longer
+    (then set ``backend.max_tokens_per_gpu``).
+    """
+    cap = max(agent.sampling.max_new_tokens for agent in config.agents.values())
+    env = config.env
+    return PROMPT_TOKENS + min(env.max_total_tokens, env.max_turns * cap) + SEPARATOR_TOKENS * env.max_turns
+
+
 def train_tokens_per_gpu(config: Config) -> int:
     """With packing: tokens of one training micro-batch per GPU (default: one longest episode)."""
-    return config.backend.max_tokens_per_gpu or max_len(config)
+    return config.backend.max_tokens_per_gpu or episode_tokens(config)
 
 
 def layout(config: Config) -> Layout:

