@@ -359,6 +359,30 @@ def test_dry_run_prints_every_command_and_runs_nothing(monkeypatch, tmp_path):
     assert all(c.shell() in printed[0] for c in commands) and not (tmp_path / "run").exists()
 
 
+def test_a_done_stage_leaves_its_saves_and_loses_its_deepspeed_checkpoints(monkeypatch, tmp_path):
+    """Each OpenRLHF step writes a DeepSpeed checkpoint and its model; once a step is DONE its checkpoint goes
+    (only a resume of that step reads it), its model stays; a failed step keeps its checkpoint to resume from."""
+    config = load_config("qwen7b", [f"output_dir={tmp_path}/run"])
+    trained = [c for c in launcher.plan(config) if c.module]  # SFT of both agents, then phases 1 and 2
+    last = trained[-1].cleanup[0]
+
+    def fake_run(argv, env, check):
+        if "--ckpt.path" in argv:
+            for name in ("ckpt.path", "ckpt.output_dir"):
+                folder = Path(argv[argv.index(f"--{name}") + 1])
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "weights").write_text("w")
+            if last in argv:
+                raise subprocess.CalledProcessError(1, argv)
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    with pytest.raises(subprocess.CalledProcessError):
+        launch.run(config, echo=lambda text: None)
+    assert [Path(c.cleanup[0]).exists() for c in trained] == [False, False, False, True]
+    assert all(Path(c.flags[c.flags.index("--ckpt.output_dir") + 1], "weights").is_file() for c in trained)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["trainer.schedule=joint"], "alternating only"),
     (["backend.gpus_per_node=2"], "left for training"),

@@ -111,6 +111,22 @@ def test_packing_flags_pass_openrlhfs_parser():
     assert args.train.micro_batch_size == 1 and args.ds.attn_implementation == "flash_attention_2"
 
 
+def test_disk_estimate_counts_the_kept_saves_and_one_stages_checkpoints(monkeypatch):
+    """qwen7b: 2 SFT saves + 2 phase models stay (bf16), and at most one stage's 2 DeepSpeed checkpoints
+    (bf16 weights + fp32 master weights and Adam moments) exist at once: the launcher deletes them when done."""
+    from longshort.trainers.openrlhf import disk
+
+    parameters = memory.PUBLISHED["Qwen/Qwen2.5-7B-Instruct"].parameters
+    peak = (4 * 2 * parameters + 2 * 14 * parameters) / memory.GIB
+    check = preflight.disk_check(load_config("qwen7b", ["backend.disk_gib=1000"]), hub=False)
+    assert check.status == "ok" and f"~{peak:.0f} GiB under output_dir" in check.detail
+    check = preflight.disk_check(load_config("qwen7b", ["backend.disk_gib=200"]), hub=False)
+    assert check.status == "failed" and "more than backend.disk_gib=200: put output_dir on a filesystem" in check.detail
+    monkeypatch.setattr(disk, "free_gib", lambda path: 50.0)
+    check = preflight.disk_check(load_config("qwen7b"), hub=False)
+    assert check.status == "failed" and "more than the 50 GiB free at" in check.detail
+
+
 # ----------------------------------------------------------------------------------- defects 4, 6, 8: flags
 
 

@@ -25,7 +25,8 @@ per run, so a second phase of an agent would restart all three (``phases`` refus
 Run layout under ``output_dir``: ``data/train.jsonl`` (the data stage), ``sft/coldstart/<role>.jsonl``
 (an agent's cold-start transcripts, ``longshort.coldstart``), ``sft/<role>/final`` (its SFT
 checkpoint) and ``rl/phase<k>_<role>/{prompts.jsonl, model, ckpt, tensorboard}``. A step that
-succeeds writes a marker (``DONE`` in its folder) and is skipped when run again.
+succeeds writes a marker (``DONE`` in its folder) and is skipped when run again; its DeepSpeed
+checkpoints (``ckpt``), which only resume it, are then deleted (``disk``).
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ PROMPT_TOKENS = 1024  # room for an agent's chat-templated system prompt and que
 SEPARATOR_TOKENS = 4  # per turn, for the separators between turns
 PARTNER_GPU_MEMORY = 0.9  # the partner has its GPU to itself (the paper's partner servers use 0.9)
 ADAM_BETAS = (0.9, 0.999)  # torch's AdamW default: the embedded trainer's and TRL's (the paper trained with TRL)
-CKPT_KEEP = 2  # DeepSpeed checkpoints kept per run (--ckpt.max_num): the latest resumes, one spare
+CKPT_KEEP = 2  # DeepSpeed checkpoints kept per run (--ckpt.max_num): the latest resumes, one spare; deleted once DONE
 CODE_PACKAGES = ("longshort", "agents", "envs")  # shipped with a submitted job (runtime env py_modules)
 
 
@@ -67,7 +68,8 @@ class Command:
     """One step of the plan: a process, the environment it adds, and the marker written when it succeeds.
 
     ``module`` and ``flags`` repeat the OpenRLHF part of ``argv`` (None for our own steps), so the
-    flags can be checked against OpenRLHF's parser without parsing the launcher prefix.
+    flags can be checked against OpenRLHF's parser without parsing the launcher prefix. ``cleanup``:
+    folders only a resume of this step reads (its DeepSpeed checkpoints), deleted once it is done.
     """
 
     stage: str
@@ -77,6 +79,7 @@ class Command:
     marker: str | None = None
     module: str | None = None
     flags: tuple[str, ...] = ()
+    cleanup: tuple[str, ...] = ()
 
     def shell(self) -> str:
         """The command as one shell line (environment assignments first)."""
@@ -384,7 +387,7 @@ def sft_commands(config: Config) -> list[Command]:
                                      "longshort.trainers.openrlhf.sft_main", *flags],
                             tracking.openrlhf_env(config), entrypoint_gpus=gpus)
         commands.append(Command("sft", f"cold-start SFT of the {role} agent", argv, env,
-                                str(folder / "DONE"), module, flags))
+                                str(folder / "DONE"), module, flags, cleanup=(str(folder / "ckpt"),)))
     return commands
 
 
@@ -484,7 +487,7 @@ def rl_commands(config: Config) -> list[Command]:
         partners = ", ".join(f"{role} frozen at {path}" for role, path in phase.partners.items())
         commands.append(Command("rl", f"phase {phase.index}: GRPO of the {phase.role} agent for {phase.steps} steps "
                                 f"from {phase.init} ({partners})", argv, env_pairs,
-                                str(phase.dir / "DONE"), module, flags))
+                                str(phase.dir / "DONE"), module, flags, cleanup=(str(phase.dir / "ckpt"),)))
     return commands
 
 

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -49,13 +50,23 @@ def run(config: Config, dry_run: bool = False, stages: Sequence[str] | None = No
     for command in commands:
         if command.marker and Path(command.marker).exists():
             echo(f"# done already: {command.title} ({command.marker})")
-            continue
-        echo(f"# [{command.stage}] {command.title}\n{command.shell()}")
-        subprocess.run(command.argv, env={**os.environ, **dict(command.env)}, check=True)
-        if command.marker:
-            Path(command.marker).parent.mkdir(parents=True, exist_ok=True)
-            Path(command.marker).write_text(json.dumps({"title": command.title}) + "\n")
+        else:
+            echo(f"# [{command.stage}] {command.title}\n{command.shell()}")
+            subprocess.run(command.argv, env={**os.environ, **dict(command.env)}, check=True)
+            if command.marker:
+                Path(command.marker).parent.mkdir(parents=True, exist_ok=True)
+                Path(command.marker).write_text(json.dumps({"title": command.title}) + "\n")
+        _clean_up(command, echo)
     return commands
+
+
+def _clean_up(command: Command, echo: Callable[[str], None]) -> None:
+    """Delete what only a resume of a finished step reads (its DeepSpeed checkpoints, the largest files of a
+    run); also on a later run, in case the last one stopped between the marker and the deletion."""
+    for folder in map(Path, command.cleanup):
+        if folder.is_dir():
+            shutil.rmtree(folder)
+            echo(f"# deleted {folder}: {command.title} is done and only a resume of it reads it")
 
 
 # ------------------------------------------------------------------------------------------- preparation steps

@@ -7,7 +7,8 @@ on a rented node; what could not be checked is said, never passed over:
    num_nodes``, and the plan itself (phases, batch divisibility, shared paths for ``ray_address``);
 2. every command's flags through the installed OpenRLHF's own parsers (``parse_flags``);
 3. the per-GPU memory estimate (``memory``) of SFT, the actor with its reference, and the vLLM
-   engines (policy, partner, a vLLM teacher), each against ``backend.gpu_memory_gib``;
+   engines (policy, partner, a vLLM teacher), each against ``backend.gpu_memory_gib``, and the
+   run's disk (``disk``) against ``backend.disk_gib`` or the free space under ``output_dir``;
 4. the data stage on ``PREFLIGHT_PROBLEMS`` training and held-out problems;
 5. the cold-start stage on those problems with the recipe's builder; a model that is not at hand
    on a CPU (a 7B teacher on vLLM, a Hub model) is replaced by the embedded tiny model
@@ -34,7 +35,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 from longshort.config import Config, ConfigError
-from longshort.trainers.openrlhf import memory
+from longshort.trainers.openrlhf import disk, memory
 from longshort.trainers.openrlhf.commands import (OPENRLHF_VERSION, PARTNER_GPU_MEMORY, PROMPT_TOKENS, Command,
                                                   episode_tokens, format_plan, layout, max_len, phases, plan,
                                                   run_dir, train_tokens_per_gpu)
@@ -248,6 +249,34 @@ def memory_check(config: Config, *, hub: bool = True) -> tuple[Check, str]:
     return Check("per-GPU memory", "ok", detail), table
 
 
+# ------------------------------------------------------------------------------------------- disk
+
+
+def disk_check(config: Config, *, hub: bool = True) -> Check:
+    """The run's disk under ``output_dir`` (``disk``) against ``backend.disk_gib``, else the free space here."""
+    shapes = {role: memory.model_shape(agent.model.name_or_path, hub=hub)[0] for role, agent in config.agents.items()}
+    missing = [config.agents[role].model.name_or_path for role, shape in shapes.items() if shape is None]
+    if missing:
+        return Check("disk", "not checked", f"no model config for {', '.join(missing)}")
+    try:
+        need = disk.estimate(config, shapes)
+    except ConfigError as error:
+        return Check("disk", "failed", str(error))
+    backend = config.backend
+    if backend.disk_gib is not None:
+        limit, source = backend.disk_gib, f"backend.disk_gib={backend.disk_gib:g}"
+    else:
+        limit = disk.free_gib(run_dir(config))
+        source = f"the {limit:.0f} GiB free at {run_dir(config)} (set backend.disk_gib for a cluster's own disk)"
+    detail = (f"~{need.peak_gib:.0f} GiB under output_dir: {need.kept_gib:.0f} kept (SFT and phase models) + "
+              f"{need.checkpoints_gib:.0f} for one stage's DeepSpeed checkpoints (deleted once it is done)")
+    if need.peak_gib > limit:
+        return Check("disk", "failed", f"{detail}, more than {source}: put output_dir on a filesystem with "
+                     f"{need.peak_gib:.0f} GiB free (backend.shared_dir for a cluster) or set backend.disk_gib to "
+                     "what it has")
+    return Check("disk", "ok", f"{detail}; fits in {source}")
+
+
 # ------------------------------------------------------------------------------------------- data and cold start
 
 
@@ -430,7 +459,7 @@ def run_preflight(config: Config, *, problems: int = PREFLIGHT_PROBLEMS, hub: bo
     echo(f"preflight of {config.name} (backend openrlhf): everything that needs no GPU, on {problems} problems")
     checks = [layout_check(config), flags_check(config)]
     check, table = memory_check(config, hub=hub)
-    checks.append(check)
+    checks += [check, disk_check(config, hub=hub)]
     echo(f"memory estimate per GPU (GiB; approximations that err high, see longshort.trainers.openrlhf.memory):\n{table}")
     for item in checks:
         echo(f"[{item.status}] {item.name}: {item.detail}")
