@@ -317,7 +317,7 @@ def preflight_config(tmp_path, tiny_dir, *overrides):
     held_out = tmp_path / "held_out.jsonl"
     held_out.write_text(json.dumps({"problem": "What is $2+2$?", "answer": "4"}) + "\n")
     return load_config("qwen7b", [f"data.train.source={train}", f"data.eval.source={held_out}",
-                                  f"output_dir={tmp_path}/run", *overrides])
+                                  f"output_dir={tmp_path}/run", "backend.disk_gib=1000", *overrides])
 
 
 def test_preflight_runs_data_and_cold_start_for_real_and_says_what_stood_in(tmp_path, tiny_dir, monkeypatch):
