@@ -189,6 +189,26 @@ def test_sample_whose_partner_ended_the_episode_carries_no_advantage(bridge):
     assert skipped["reward"] == played["reward"]  # the mean of the acting samples: zero advantage
 
 
+def test_prompt_cache_is_keyed_by_vocabulary_not_by_tokenizer_object(monkeypatch):
+    """OpenRLHF unpickles a new tokenizer for every generate_responses call: one question is one cache entry,
+    and the cache stays bounded over a phase's many questions."""
+    import pickle
+
+    import agents.base
+
+    tok = tiny_tokenizer()
+    agent = Agent("short", system_prompt="Answer.")
+    ids = agent.prefix_ids(QUESTION, tok)
+    for _ in range(3):
+        assert agent.prefix_ids(QUESTION, pickle.loads(pickle.dumps(tok))) == ids
+    assert len(agent._prefix_cache) == 1
+    monkeypatch.setattr(agents.base, "PREFIX_CACHE_SIZE", 4)
+    for index in range(10):
+        agent.prefix_ids(f"question {index}", tok)
+    assert len(agent._prefix_cache) == 4 and agent.prefix_ids("question 9", tok) == chat_prefix(tok, "Answer.",
+                                                                                                "question 9")
+
+
 @register_agent("test_chatter")
 class Chatter(Agent):
     """Accepts anything: lets a random tiny model play several turns."""
