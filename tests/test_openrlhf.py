@@ -11,7 +11,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,12 +21,13 @@ from agents import SEPARATOR, Agent, FormatResult, register_agent
 from envs import Env, register_env
 from longshort.config import AgentConfig, Config, ConfigError, EnvConfig, ModelConfig, RewardsConfig, \
     RolloutConfig, SamplingConfig, load_config
-from longshort.engines.base import Generation, SamplingParams
+from longshort.engines.base import SamplingParams
 from longshort.models import tiny_model, tiny_tokenizer
 from longshort.trainers.openrlhf import commands as launcher
 from longshort.trainers.openrlhf import launch, preflight
 from longshort.trainers.openrlhf.partner import PartnerSpec
 from scripted import ScriptedEngine
+from vllm_shaped import VLLMSampling, VLLMShaped
 
 NO_OPENRLHF = "openrlhf is not installed (pip install --no-deps openrlhf==0.11.2 && pip install pylatexenc aiohttp)"
 QUESTION = "Tom has 2 apples and buys 3 more. How many apples?"
@@ -56,42 +57,6 @@ def openrlhf_cli():
 
 
 # ----------------------------------------------------------------------------------- OpenRLHF's side, faked
-
-
-@dataclass
-class VLLMSampling:
-    """The vllm.SamplingParams fields OpenRLHF's samples generator sets, plus those the bridge sets."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    max_tokens: int | None = None
-    min_tokens: int = 1
-    skip_special_tokens: bool = False
-    logprobs: int | None = 1
-    stop: list[str] | None = None
-    include_stop_str_in_output: bool = False
-
-
-class VLLMShaped:
-    """What MultiTurnAgentExecutor calls on ``llm_engine`` (OpenRLHF's RolloutRayActor.generate), over our engine."""
-
-    def __init__(self, engine):
-        self.engine = engine
-        self.calls: list[tuple[list[int], VLLMSampling, Generation]] = []
-
-    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
-        sampling = SamplingParams(temperature=sampling_params.temperature, top_p=sampling_params.top_p,
-                                  top_k=max(0, sampling_params.top_k), max_new_tokens=sampling_params.max_tokens,
-                                  stop=tuple(sampling_params.stop or ()))
-        generation = await self.engine.generate(list(prompt_token_ids), sampling)
-        self.calls.append((list(prompt_token_ids), sampling_params, generation))
-        logprobs = None
-        if sampling_params.logprobs is not None:
-            logprobs = [{token: SimpleNamespace(logprob=lp)} for token, lp in zip(generation.token_ids,
-                                                                                  generation.logprobs)]
-        return SimpleNamespace(outputs=[SimpleNamespace(token_ids=list(generation.token_ids), text=generation.text,
-                                                        finish_reason=generation.finish_reason, logprobs=logprobs)])
 
 
 async def generate_responses(executor, engine, tokenizer, n: int, *, max_length: int = 4096, label: str = "5",
