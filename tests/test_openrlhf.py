@@ -417,7 +417,7 @@ def test_sft_rows_train_exactly_the_embedded_examples_tokens(openrlhf_cli, tmp_p
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     args = SimpleNamespace(data=SimpleNamespace(input_key="input", output_key="output", apply_chat_template=False))
     dataset = SFTDataset(datasets.load_dataset("json", data_files=str(path), split="train"), tok, 4096,
-                         SimpleNamespace(args=args), input_template="", num_processors=1)
+                         SimpleNamespace(args=args), input_template="")  # train_sft's 8 processes: pickled tokenizer
     [embedded] = build_examples(build_agents(config)["short"], [record], tok, 4096)
     own = [i for i, m in enumerate(embedded.loss_mask) if m]
     assert len(dataset) == 2

@@ -435,7 +435,7 @@ def _through_openrlhf(sliced: Config, role: str, path: Path) -> str | None:
     tokenizer = ExactTokenizer.from_rows(load_tokenizer(sliced.agents[role].model.name_or_path), rows)
     args = SimpleNamespace(data=SimpleNamespace(input_key="input", output_key="output", apply_chat_template=False))
     dataset = SFTDataset(datasets.load_dataset("json", data_files=str(path), split="train"), tokenizer,
-                         sliced.sft.max_length, SimpleNamespace(args=args), input_template="", num_processors=1)
+                         sliced.sft.max_length, SimpleNamespace(args=args), input_template="")  # train_sft's 8 processes
     if len(dataset) != len(rows):
         return f"OpenRLHF's SFTDataset kept {len(dataset)} of {len(rows)} rows"
     for index, row in enumerate(rows):
