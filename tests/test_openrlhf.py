@@ -173,6 +173,23 @@ def test_prompt_cache_is_keyed_by_vocabulary_not_by_tokenizer_object(monkeypatch
                                                                                                 "question 9")
 
 
+def test_samples_that_stop_sharing_one_sampling_object_fail_instead_of_scoring_smaller_groups(bridge):
+    """The group is the samples sharing one sampling-params object (OpenRLHF 0.11.2's generate_responses, run
+    in test_openrlhf_experience.py); an OpenRLHF that copied it per sample would split every group."""
+    tok = tiny_tokenizer()
+    partner = ScriptedEngine(tok, ["<think>2 + 3 = 5.</think>"] * 2)
+    engine = VLLMShaped(ScriptedEngine(tok, ["<answer>\\boxed{5}</answer>"] * 2))
+    executor = bridge.AgentExecutor(bridge.BridgeRuntime(long_short_config(), "short", {"long": partner}))
+
+    async def copied_per_sample():
+        return await asyncio.gather(*[executor.execute(QUESTION, "5", VLLMSampling(), 4096, tok, engine)
+                                      for _ in range(2)])
+
+    with pytest.raises(RuntimeError, match="scoring the group failed") as failure:
+        asyncio.run(copied_per_sample())
+    assert "a group of 1 samples, expected rollout.group_size=2" in str(failure.value.__cause__)
+
+
 @register_agent("test_chatter")
 class Chatter(Agent):
     """Accepts anything: lets a random tiny model play several turns."""
