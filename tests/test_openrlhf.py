@@ -324,6 +324,15 @@ def test_rl_after_a_finished_sft_starts_from_its_weights_on_both_backends(tmp_pa
     assert not holds_weights(Path(finals["long"]))  # a sharded save with a shard missing
 
 
+def test_two_runs_of_one_recipe_never_share_a_partner(tmp_path):
+    def names(folder: str) -> list[str]:
+        config = load_config("qwen7b", [f"output_dir={tmp_path}/{folder}"])
+        return [spec.name for phase in launcher.phases(config) for spec in launcher.partner_specs(config, phase)]
+
+    first, second = names("a"), names("b")
+    assert len(set(first)) == 2 and not set(first) & set(second) and names("a") == first
+
+
 def test_ray_address_submits_jobs_with_code_and_paths_the_cluster_can_reach(tmp_path):
     with pytest.raises(ConfigError, match="set backend.shared_dir"):
         launcher.plan(load_config("qwen7b", ["backend.ray_address=http://head:8265"]))

@@ -30,6 +30,7 @@ checkpoints (``ckpt``), which only resume it, are then deleted (``disk``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -392,12 +393,15 @@ def sft_commands(config: Config) -> list[Command]:
 
 
 def partner_specs(config: Config, phase: Phase) -> list[PartnerSpec]:
-    """The frozen partners of a phase, each on ``backend.partner_gpus`` GPUs (one vLLM engine per GPU)."""
+    """The frozen partners of a phase, each on ``backend.partner_gpus`` GPUs (one vLLM engine per GPU), named
+    per run folder and phase: Ray actor names are cluster-wide, and two runs sharing one ``name`` must not
+    share a partner (one would play against the other's checkpoint)."""
+    run = hashlib.sha1(str(run_dir(config)).encode()).hexdigest()[:12]  # two runs of one recipe on a cluster
     specs = []
     for role, checkpoint in phase.partners.items():
         agent = config.agents[role]
         specs.append(PartnerSpec(
-            role=role, model=checkpoint, name=f"longshort-{config.name}-phase{phase.index}-{role}",
+            role=role, model=checkpoint, name=f"longshort-{config.name}-{run}-phase{phase.index}-{role}",
             replicas=config.backend.partner_gpus, engine="vllm", num_gpus=1.0, dtype=agent.model.dtype,
             seed=config.seed,
             engine_kwargs={"gpu_memory_utilization": PARTNER_GPU_MEMORY, "max_model_len": max_len(config),
