@@ -331,6 +331,8 @@ def test_preflight_runs_data_and_cold_start_for_real_and_says_what_stood_in(tmp_
     assert "[ok] data stage: 2 training problems" in out and "first gold answer '3'" in out  # answer_from: boxed
     assert "in place of deepseek-ai/DeepSeek-R1-Distill-Qwen-7B on vllm" in out
     assert "[ok] OpenRLHF SFT rows:" in out and not (tmp_path / "run" / "data").exists()  # the run is untouched
+    assert "one OpenRLHF SFT step is 8 rows (one per own turn), the embedded SFT's is 8 transcripts" in out
+    assert "first optimiser step is at learning rate 0" in out and "[ok] disk: ~" in out
     progress = tmp_path / "run" / "preflight" / "sft" / "coldstart" / "synthesis_progress.jsonl"
     assert len(progress.read_text().splitlines()) == 2  # both problems went through the whole synthesis
 

@@ -147,13 +147,15 @@ def retokenizes(row: dict, tokenizer) -> bool:
 
 @dataclass(frozen=True)
 class SFTData:
-    """What ``write_sft_data`` wrote: the OpenRLHF rows of an agent, the turns left out, and how many rows
-    plain re-tokenization would have shifted (``merged``: trained exactly only through ``sft_main``)."""
+    """What ``write_sft_data`` wrote: the OpenRLHF rows of an agent, the turns left out, how many rows
+    plain re-tokenization would have shifted (``merged``: trained exactly only through ``sft_main``), and
+    the examples (transcripts) they came from: OpenRLHF's ``train.batch_size`` counts rows."""
 
     path: Path
     rows: int
     dropped: int
     merged: int
+    examples: int
 
 
 def write_sft_data(config: Config, role: str, tokenizer=None) -> SFTData:
@@ -200,7 +202,7 @@ def write_sft_data(config: Config, role: str, tokenizer=None) -> SFTData:
     if not written:
         raise ConfigError(f"no SFT rows for the {role} agent: all {dropped} turns were too long for sft.max_length="
                           f"{max_len} or collided with another row's text")
-    return SFTData(target, written, dropped, merged)
+    return SFTData(target, written, dropped, merged, len(examples))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

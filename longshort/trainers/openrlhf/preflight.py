@@ -134,7 +134,10 @@ def layout_check(config: Config) -> Check:
               f"phases: " + ", ".join(f"{p.index}: {p.role} x {p.steps} steps" for p in phases(config))
               + f"; longest episode {episode_tokens(config)} tokens ({PROMPT_TOKENS} prompt + {config.env.max_turns} "
               f"turns at their cap), data.max_len {max_len(config)}"
-              + (f", {train_tokens_per_gpu(config)} tokens per GPU micro-batch" if backend.packing else ""))
+              + (f", {train_tokens_per_gpu(config)} tokens per GPU micro-batch" if backend.packing else "")
+              + ("; each OpenRLHF run's first optimiser step is at learning rate 0 (transformers' warm-up), the "
+                 "embedded trainer's at 1/warm-up steps" if config.trainer.warmup_ratio or config.sft.warmup_ratio
+                 else ""))
     return Check("GPU layout and plan", "ok", detail)
 
 
@@ -409,8 +412,12 @@ def sft_rows_check(sliced: Config, stand_in: bool) -> Check:
         written = {role: write_sft_data(sliced, role) for role in sliced.agents}
     except (ConfigError, OSError, ValueError) as error:
         return Check("OpenRLHF SFT rows", "failed", str(error))
-    detail = ", ".join(f"{role}: {data.rows} rows ({data.merged} re-tokenize differently as one text), "
-                       f"{data.dropped} turns left out" for role, data in written.items())
+    detail = ", ".join(f"{role}: {data.rows} rows from {data.examples} transcripts ({data.merged} re-tokenize "
+                       f"differently as one text), {data.dropped} turns left out" for role, data in written.items())
+    batch = sliced.sft.batch_size * sliced.sft.grad_accum
+    detail += (f"; one OpenRLHF SFT step is {batch} rows (one per own turn), the embedded SFT's is {batch} "
+               "transcripts: with k rows per transcript, k times the steps, each over 1/k of the transcripts (k: "
+               + ", ".join(f"{role} {data.rows / max(data.examples, 1):.1f}" for role, data in written.items()) + ")")
     detail += f" (tokenizer of the stand-in {STAND_IN})" if stand_in else ""
     if importlib.util.find_spec("openrlhf") is None:
         return Check("OpenRLHF SFT rows", "ok", detail + "; not fed to OpenRLHF's SFTDataset (not installed)")
