@@ -13,6 +13,7 @@ sampled.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
@@ -21,6 +22,7 @@ from longshort.episode import TrainingSample, Turn
 from longshort.registry import AGENTS
 
 SEPARATOR = "\n\n"  # between turns, as in the paper's transcript (history = L + "\n\n" + S)
+PREFIX_CACHE_SIZE = 4096  # questions whose rendered prompt an agent keeps: more than a rollout has in flight
 
 
 def register_agent(name: str):
@@ -62,7 +64,7 @@ class Agent:
                                        max_new_tokens=base.max_new_tokens, stop=tuple(self.stop))
         if system_prompt is not None:
             self.system_prompt = system_prompt
-        self._prefix_cache: dict[tuple[int, str], list[int]] = {}
+        self._prefix_cache: OrderedDict[tuple[str, str, str], list[int]] = OrderedDict()
 
     # ------------------------------------------------------------------ the agent's own output
     def check_format(self, text: str, finish_reason: str) -> FormatResult:
@@ -70,9 +72,16 @@ class Agent:
 
     # ------------------------------------------------------------------ what the agent sees
     def prefix_ids(self, question: str, tokenizer) -> list[int]:
-        """System prompt and question rendered with the model's chat template, up to the reply."""
-        key = (id(tokenizer), question)
-        if key not in self._prefix_cache:
+        """System prompt and question rendered with the model's chat template, up to the reply.
+
+        Cached per vocabulary, chat template and question, never per tokenizer object: OpenRLHF hands
+        every ``generate_responses`` call a freshly unpickled tokenizer (and a freed object's id can
+        come back as another tokenizer's). The newest ``PREFIX_CACHE_SIZE`` questions are kept.
+        """
+        key = (vocab_key(tokenizer), getattr(tokenizer, "chat_template", None) or "", question)
+        if key in self._prefix_cache:
+            self._prefix_cache.move_to_end(key)
+        else:
             if getattr(tokenizer, "chat_template", None):
                 messages = [{"role": "user", "content": question}]
                 if self.system_prompt:
@@ -83,6 +92,8 @@ class Agent:
                 text = f"{self.system_prompt}\n\n{question}{SEPARATOR}" if self.system_prompt else question + SEPARATOR
                 ids = tokenizer.encode(text, add_special_tokens=True)
             self._prefix_cache[key] = list(ids)
+            if len(self._prefix_cache) > PREFIX_CACHE_SIZE:
+                self._prefix_cache.popitem(last=False)
         return self._prefix_cache[key]
 
     def view(self, question: str, turns: Sequence[Turn], tokenizer, *, for_generation: bool = True) -> View:

@@ -285,7 +285,9 @@ class BackendConfig:
     packing: bool = _f(False, "OpenRLHF: pack episodes into token-budgeted micro-batches (--ds.packing_samples "
                        "--train.dynamic_batch_enable) instead of trainer.micro_batch_size episodes.")
     max_tokens_per_gpu: Optional[int] = _f(None, "OpenRLHF with packing: tokens per micro-batch and GPU, in training "
-                                           "and for log-probs (None: one longest episode, data.max_len).")
+                                           "and for log-probs (None: one longest episode: the prompt and env.max_turns turns at their cap).")
+    disk_gib: Optional[float] = _f(None, "OpenRLHF: disk the run may fill under output_dir, in GiB; the preflight's "
+                                   "disk estimate must fit in it (None: the free space of output_dir's filesystem here).")
     shared_dir: Optional[str] = _f(None, "OpenRLHF with ray_address: a filesystem mounted at this same path on every "
                                    "node and here; output_dir must lie under it (jobs read and write run files there).")
 

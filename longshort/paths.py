@@ -2,6 +2,7 @@
 and how it writes what a kill must not leave half-written."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -28,6 +29,22 @@ def cache_dir() -> Path:
     path = Path(value).expanduser() if value else Path.home() / ".cache" / "longshort"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def holds_weights(folder: Path) -> bool:
+    """Whether ``folder`` is a whole Hugging Face save: its ``config.json`` and every weights file it names.
+
+    A stage that failed can leave its output folder empty or half-written (OpenRLHF creates
+    ``ckpt.output_dir`` before it trains, and its saves are not atomic), and a later stage that
+    trusted the folder would start from nothing.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        return False
+    for index in folder.glob("*.index.json"):  # sharded: every shard it lists
+        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        return bool(shards) and all((folder / shard).is_file() for shard in shards)
+    return any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
 
 
 def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:

@@ -51,7 +51,7 @@ from longshort.engines.hf_cache import cache_kwarg, returned_cache
 from longshort.trainers.optim import adamw, cosine_schedule
 from longshort.memory import release_freed_memory
 from longshort.models import pick_dtype
-from longshort.paths import write_atomically
+from longshort.paths import holds_weights, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -99,23 +99,33 @@ def turns_from_texts(turns: Sequence[dict], tokenizer, agent: Agent) -> list[Tur
 def build_examples(agent: Agent, transcripts: Sequence[dict], tokenizer, max_length: int) -> list[SFTExample]:
     """The agent's SFT examples: transcripts it acts in, right-truncated to ``max_length`` tokens.
 
-    Transcripts where the agent never acts, or whose own tokens all fall past ``max_length``, are
-    dropped (and counted in the log).
+    When the cut falls inside one of the agent's own turns, that turn is left out (the example ends
+    where it starts): trained up to the cut, it would teach the model a turn that stops without its
+    closing tag, and OpenRLHF, which always trains an EOS after a row's last token, would teach a
+    stop right there (``openrlhf.launch.openrlhf_sft_rows`` renders these same examples). Transcripts
+    where the agent never acts, or with no whole own turn within ``max_length``, are dropped; both
+    are counted in the log.
     """
     examples, truncated, dropped = [], 0, 0
     for record in transcripts:
         sample = agent.training_sample(record["question"], turns_from_texts(record["turns"], tokenizer, agent), tokenizer)
         if sample is None:
             continue
-        ids, mask = sample.input_ids[:max_length], sample.action_mask[:max_length]
-        truncated += len(sample.input_ids) > max_length
+        ids, mask = list(sample.input_ids), list(sample.action_mask)
+        if len(ids) > max_length:
+            truncated += 1
+            end = max_length
+            while end and mask[end - 1] and mask[max_length]:  # the cut is inside an own turn: end before it
+                end -= 1
+            ids, mask = ids[:end], mask[:end]
         if not any(mask):
             dropped += 1
             continue
         examples.append(SFTExample(ids, mask))
     if truncated or dropped:
-        logger.warning("sft %s: %d of %d examples truncated to %d tokens, %d dropped (no own tokens left)",
-                       agent.role, truncated, len(transcripts), max_length, dropped)
+        logger.warning("sft %s: %d of %d examples cut at %d tokens (an own turn the cut fell inside is not trained), "
+                       "%d dropped (no whole own turn left)", agent.role, truncated, len(transcripts), max_length,
+                       dropped)
     return examples
 
 
@@ -239,7 +249,7 @@ def run_sft(model, tokenizer, agent: Agent, transcripts: Sequence[dict], config:
     """
     out = Path(out_dir)
     final = out / "final"
-    if (final / "config.json").is_file():
+    if holds_weights(final):
         model.float()
         _load_weights(model, final)
         model.eval()

@@ -20,6 +20,7 @@ from rich.console import Console
 from longshort import cli
 from longshort.config import Config, to_yaml
 from longshort.data import DataError, Problem, load_jsonl, load_source, save_jsonl
+from longshort.paths import holds_weights
 from longshort.report import report_after_run
 
 # torch and transformers (longshort.models, sft, the trainers) are imported inside the stages that use
@@ -67,16 +68,25 @@ def stage_models(config: Config, run: Path, stage: str) -> dict[str, str]:
     """Where each agent's weights are after ``stage`` ("base", "sft" or "rl"): a Hub id or a folder.
 
     An agent a stage did not train keeps the weights it had before it (a frozen RL partner keeps its
-    SFT weights; a stage that was skipped leaves the previous stage's).
+    SFT weights; a stage that was skipped leaves the previous stage's). SFT weights count only when
+    their SFT finished (``sft_finished``), as the OpenRLHF backend's RL decides too.
     """
     models = {role: spec.model.name_or_path for role, spec in config.agents.items()}
     if stage in ("sft", "rl"):
         for role in models:
-            if (run / "sft" / role / "final").is_dir():
+            if sft_finished(config, run, role):
                 models[role] = str(run / "sft" / role / "final")
     if stage == "rl" and (run / "rl" / "final.json").is_file():
         models.update(json.loads((run / "rl" / "final.json").read_text()))
     return models
+
+
+def sft_finished(config: Config, run: Path, role: str) -> bool:
+    """Whether ``sft/<role>/final`` in ``run`` holds a finished SFT: a whole save (the embedded SFT writes it
+    atomically), and on the OpenRLHF backend also its step's ``sft/<role>/DONE`` marker, since a failed
+    ``train_sft`` can leave a partial save there."""
+    folder = run / "sft" / role
+    return holds_weights(folder / "final") and (config.backend.name != "openrlhf" or (folder / "DONE").is_file())
 
 
 def stage_sft(config: Config, run: Path) -> None:

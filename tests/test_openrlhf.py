@@ -11,7 +11,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,12 +21,13 @@ from agents import SEPARATOR, Agent, FormatResult, register_agent
 from envs import Env, register_env
 from longshort.config import AgentConfig, Config, ConfigError, EnvConfig, ModelConfig, RewardsConfig, \
     RolloutConfig, SamplingConfig, load_config
-from longshort.engines.base import Generation, SamplingParams
+from longshort.engines.base import SamplingParams
 from longshort.models import tiny_model, tiny_tokenizer
 from longshort.trainers.openrlhf import commands as launcher
 from longshort.trainers.openrlhf import launch, preflight
 from longshort.trainers.openrlhf.partner import PartnerSpec
 from scripted import ScriptedEngine
+from vllm_shaped import VLLMSampling, VLLMShaped
 
 NO_OPENRLHF = "openrlhf is not installed (pip install --no-deps openrlhf==0.11.2 && pip install pylatexenc aiohttp)"
 QUESTION = "Tom has 2 apples and buys 3 more. How many apples?"
@@ -58,42 +59,6 @@ def openrlhf_cli():
 # ----------------------------------------------------------------------------------- OpenRLHF's side, faked
 
 
-@dataclass
-class VLLMSampling:
-    """The vllm.SamplingParams fields OpenRLHF's samples generator sets, plus those the bridge sets."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    max_tokens: int | None = None
-    min_tokens: int = 1
-    skip_special_tokens: bool = False
-    logprobs: int | None = 1
-    stop: list[str] | None = None
-    include_stop_str_in_output: bool = False
-
-
-class VLLMShaped:
-    """What MultiTurnAgentExecutor calls on ``llm_engine`` (OpenRLHF's RolloutRayActor.generate), over our engine."""
-
-    def __init__(self, engine):
-        self.engine = engine
-        self.calls: list[tuple[list[int], VLLMSampling, Generation]] = []
-
-    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
-        sampling = SamplingParams(temperature=sampling_params.temperature, top_p=sampling_params.top_p,
-                                  top_k=max(0, sampling_params.top_k), max_new_tokens=sampling_params.max_tokens,
-                                  stop=tuple(sampling_params.stop or ()))
-        generation = await self.engine.generate(list(prompt_token_ids), sampling)
-        self.calls.append((list(prompt_token_ids), sampling_params, generation))
-        logprobs = None
-        if sampling_params.logprobs is not None:
-            logprobs = [{token: SimpleNamespace(logprob=lp)} for token, lp in zip(generation.token_ids,
-                                                                                  generation.logprobs)]
-        return SimpleNamespace(outputs=[SimpleNamespace(token_ids=list(generation.token_ids), text=generation.text,
-                                                        finish_reason=generation.finish_reason, logprobs=logprobs)])
-
-
 async def generate_responses(executor, engine, tokenizer, n: int, *, max_length: int = 4096, label: str = "5",
                              **sampling):
     """RolloutRayActor.generate_responses: n executions of one prompt, gathered, sharing one sampling object."""
@@ -119,7 +84,7 @@ def check_sample(result: dict, expected_ids: list[int], own_turns: list[list[int
 
 
 def long_short_config(**rewards) -> Config:
-    config = load_config("tiny")
+    config = load_config("tiny", ["rollout.group_size=2"])  # the tests roll out groups of 2
     config.rewards = RewardsConfig(weights={"long": {"collaboration": 1.0, "format": 1.0, "length": 1.0},
                                             "short": {"correctness": 1.0, "format": 1.0, "length": 1.0}}, **rewards)
     return config
@@ -180,13 +145,49 @@ def test_sample_whose_partner_ended_the_episode_carries_no_advantage(bridge):
     first, second = asyncio.run(generate_responses(bridge.AgentExecutor(runtime), engine, tok, 2))
     skipped, played = sorted((first, second), key=lambda r: r["extra_logs"]["acted"])
     assert skipped["extra_logs"]["acted"] == 0.0 and played["extra_logs"]["acted"] == 1.0
-    start, end = skipped["action_ranges"][0]
-    assert end - start == 1  # the executor's obligatory action: one placeholder token
+    assert skipped["action_ranges"] == []  # the executor's obligatory placeholder action is not trained
     # scored with its whole group, as the embedded runner does: the length term compares only samples in
     # which the agent acted, so the one played sample has nothing to be shorter than: 0
     assert played["reward"] == pytest.approx(1 + 1 + 0)
     assert played["extra_logs"]["reward_length"] == 0.0 and skipped["extra_logs"]["reward_format"] == 0.0
     assert skipped["reward"] == played["reward"]  # the mean of the acting samples: zero advantage
+
+
+def test_prompt_cache_is_keyed_by_vocabulary_not_by_tokenizer_object(monkeypatch):
+    """OpenRLHF unpickles a new tokenizer for every generate_responses call: one question is one cache entry,
+    and the cache stays bounded over a phase's many questions."""
+    import pickle
+
+    import agents.base
+
+    tok = tiny_tokenizer()
+    agent = Agent("short", system_prompt="Answer.")
+    ids = agent.prefix_ids(QUESTION, tok)
+    for _ in range(3):
+        assert agent.prefix_ids(QUESTION, pickle.loads(pickle.dumps(tok))) == ids
+    assert len(agent._prefix_cache) == 1
+    monkeypatch.setattr(agents.base, "PREFIX_CACHE_SIZE", 4)
+    for index in range(10):
+        agent.prefix_ids(f"question {index}", tok)
+    assert len(agent._prefix_cache) == 4 and agent.prefix_ids("question 9", tok) == chat_prefix(tok, "Answer.",
+                                                                                                "question 9")
+
+
+def test_samples_that_stop_sharing_one_sampling_object_fail_instead_of_scoring_smaller_groups(bridge):
+    """The group is the samples sharing one sampling-params object (OpenRLHF 0.11.2's generate_responses, run
+    in test_openrlhf_experience.py); an OpenRLHF that copied it per sample would split every group."""
+    tok = tiny_tokenizer()
+    partner = ScriptedEngine(tok, ["<think>2 + 3 = 5.</think>"] * 2)
+    engine = VLLMShaped(ScriptedEngine(tok, ["<answer>\\boxed{5}</answer>"] * 2))
+    executor = bridge.AgentExecutor(bridge.BridgeRuntime(long_short_config(), "short", {"long": partner}))
+
+    async def copied_per_sample():
+        return await asyncio.gather(*[executor.execute(QUESTION, "5", VLLMSampling(), 4096, tok, engine)
+                                      for _ in range(2)])
+
+    with pytest.raises(RuntimeError, match="scoring the group failed") as failure:
+        asyncio.run(copied_per_sample())
+    assert "a group of 1 samples, expected rollout.group_size=2" in str(failure.value.__cause__)
 
 
 @register_agent("test_chatter")
@@ -210,12 +211,12 @@ class PingPong(Env):
         return "pong" if turn.role == "ping" else "ping"
 
 
-def ping_pong_config(model: str, max_new_tokens: int = 5) -> Config:
+def ping_pong_config(model: str, max_new_tokens: int = 5, group_size: int = 3) -> Config:
     agent = AgentConfig(type="test_chatter", model=ModelConfig(name_or_path=model),
                         sampling=SamplingConfig(temperature=1.0, max_new_tokens=max_new_tokens))
     return Config(agents={"ping": agent, "pong": replace(agent, trainable=False)},
                   env=EnvConfig(name="test_ping_pong", max_turns=5, max_total_tokens=400),
-                  rollout=RolloutConfig(group_size=3),
+                  rollout=RolloutConfig(group_size=group_size),
                   rewards=RewardsConfig(weights={"ping": {"format": 1.0, "length": 1.0}}))
 
 
@@ -292,6 +293,46 @@ def test_plan_renders_the_papers_pipeline():
                                                   "long": str(run / "rl/phase2_long/model")}
 
 
+def test_rl_after_a_finished_sft_starts_from_its_weights_on_both_backends(tmp_path, tiny_dir):
+    """``stages=[rl, eval]`` after the SFT: RL (and eval's sft row) use the SFT weights only once that SFT
+    finished; an empty or unmarked ``final`` folder (a failed train_sft) is not weights."""
+    import shutil
+
+    from longshort.paths import holds_weights
+    from longshort.train import stage_models
+
+    config = load_config("qwen7b", [f"output_dir={tmp_path}", "stages=[rl,eval]"])
+    base = {role: agent.model.name_or_path for role, agent in config.agents.items()}
+    finals = {role: str(launcher.sft_model_dir(config, role)) for role in config.agents}
+
+    def starts() -> tuple[dict, dict]:
+        return {p.role: p.init for p in launcher.phases(config)}, stage_models(config, tmp_path, "sft")
+
+    for path in finals.values():
+        Path(path).mkdir(parents=True)  # what a failed train_sft leaves
+    assert starts() == (base, base)
+    for path in finals.values():
+        shutil.rmtree(path)
+        shutil.copytree(tiny_dir, path)
+    assert starts() == (base, base)  # weights without the step's DONE marker: maybe a partial save
+    for role in config.agents:
+        (tmp_path / "sft" / role / "DONE").write_text("{}\n")
+    assert starts() == (finals, finals)
+    assert stage_models(replace(config, backend=replace(config.backend, name="embedded")), tmp_path, "sft") == finals
+    index = Path(finals["long"]) / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}}))
+    assert not holds_weights(Path(finals["long"]))  # a sharded save with a shard missing
+
+
+def test_two_runs_of_one_recipe_never_share_a_partner(tmp_path):
+    def names(folder: str) -> list[str]:
+        config = load_config("qwen7b", [f"output_dir={tmp_path}/{folder}"])
+        return [spec.name for phase in launcher.phases(config) for spec in launcher.partner_specs(config, phase)]
+
+    first, second = names("a"), names("b")
+    assert len(set(first)) == 2 and not set(first) & set(second) and names("a") == first
+
+
 def test_ray_address_submits_jobs_with_code_and_paths_the_cluster_can_reach(tmp_path):
     with pytest.raises(ConfigError, match="set backend.shared_dir"):
         launcher.plan(load_config("qwen7b", ["backend.ray_address=http://head:8265"]))
@@ -326,6 +367,30 @@ def test_dry_run_prints_every_command_and_runs_nothing(monkeypatch, tmp_path):
     printed: list[str] = []
     commands = launch.run(config, dry_run=True, echo=printed.append)
     assert all(c.shell() in printed[0] for c in commands) and not (tmp_path / "run").exists()
+
+
+def test_a_done_stage_leaves_its_saves_and_loses_its_deepspeed_checkpoints(monkeypatch, tmp_path):
+    """Each OpenRLHF step writes a DeepSpeed checkpoint and its model; once a step is DONE its checkpoint goes
+    (only a resume of that step reads it), its model stays; a failed step keeps its checkpoint to resume from."""
+    config = load_config("qwen7b", [f"output_dir={tmp_path}/run"])
+    trained = [c for c in launcher.plan(config) if c.module]  # SFT of both agents, then phases 1 and 2
+    last = trained[-1].cleanup[0]
+
+    def fake_run(argv, env, check):
+        if "--ckpt.path" in argv:
+            for name in ("ckpt.path", "ckpt.output_dir"):
+                folder = Path(argv[argv.index(f"--{name}") + 1])
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "weights").write_text("w")
+            if last in argv:
+                raise subprocess.CalledProcessError(1, argv)
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    with pytest.raises(subprocess.CalledProcessError):
+        launch.run(config, echo=lambda text: None)
+    assert [Path(c.cleanup[0]).exists() for c in trained] == [False, False, False, True]
+    assert all(Path(c.flags[c.flags.index("--ckpt.output_dir") + 1], "weights").is_file() for c in trained)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -378,7 +443,7 @@ def test_sft_rows_train_exactly_the_embedded_examples_tokens(openrlhf_cli, tmp_p
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     args = SimpleNamespace(data=SimpleNamespace(input_key="input", output_key="output", apply_chat_template=False))
     dataset = SFTDataset(datasets.load_dataset("json", data_files=str(path), split="train"), tok, 4096,
-                         SimpleNamespace(args=args), input_template="", num_processors=1)
+                         SimpleNamespace(args=args), input_template="")  # train_sft's 8 processes: pickled tokenizer
     [embedded] = build_examples(build_agents(config)["short"], [record], tok, 4096)
     own = [i for i, m in enumerate(embedded.loss_mask) if m]
     assert len(dataset) == 2
@@ -391,6 +456,33 @@ def test_sft_rows_train_exactly_the_embedded_examples_tokens(openrlhf_cli, tmp_p
         assert ids[:-1] == embedded.input_ids[: len(ids) - 1]  # the embedded example's tokens, up to the turn's end
         trained_positions += trained[:-1]
     assert trained_positions == own
+
+
+def test_a_turn_cut_by_the_length_cap_is_trained_on_neither_backend(tmp_path, tiny_dir):
+    """sft.max_length inside the agent's second turn: the embedded example and the OpenRLHF rows both train the
+    first turn only; no row ends, with the EOS OpenRLHF always trains, in the middle of a turn."""
+    from transformers import AutoTokenizer
+
+    from longshort.rollout import build_agents
+    from longshort.sft import build_examples
+
+    config = load_config("qwen7b", [f"output_dir={tmp_path}", f"agents.short.model.name_or_path={tiny_dir}"])
+    turns = [{"role": "long", "text": "<think>\nTom starts with 2.\n</think>"},
+             {"role": "short", "text": "<answer>Then buys 3.</rethink>"},
+             {"role": "long", "text": "<think>\n2 + 3 = 5.\n</think>"},
+             {"role": "short", "text": "<answer>So the answer is \\boxed{5} </answer>"}]
+    record = {"id": "p0", "question": QUESTION, "answer": "5", "turns": turns, "role": "short"}
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    agent = build_agents(config)["short"]
+    [full] = build_examples(agent, [record], tok, 4096)
+    config.sft.max_length = len(full.input_ids) - 3  # inside the last answer
+    launcher.coldstart_path(config, "short").parent.mkdir(parents=True)
+    launcher.coldstart_path(config, "short").write_text(json.dumps(record) + "\n")
+    rows = [json.loads(line) for line in launch.write_sft_data(config, "short").path.read_text().splitlines()]
+    [embedded] = build_examples(agent, [record], tok, config.sft.max_length)
+    first = enc(tok, turns[1]["text"])
+    assert [row["ids"][len(row["input_ids"]):] for row in rows] == [first + [tok.eos_token_id]]
+    assert [token for token, own in zip(embedded.input_ids, embedded.loss_mask) if own] == first
 
 
 # ----------------------------------------------------------------------------------- (c) the partner on Ray
@@ -416,7 +508,8 @@ def test_partner_served_by_a_ray_actor_answers_the_bridge(bridge, tiny_dir, monk
         assert (remote.token_ids, remote.text) == (local.token_ids, local.text)
 
         engine = VLLMShaped(HFEngine(model, tok, seed=0))
-        runtime = bridge.BridgeRuntime(ping_pong_config(str(tiny_dir), max_new_tokens=4), "ping", {"pong": partner})
+        runtime = bridge.BridgeRuntime(ping_pong_config(str(tiny_dir), max_new_tokens=4, group_size=2), "ping",
+                                       {"pong": partner})
         results = asyncio.run(generate_responses(bridge.AgentExecutor(runtime), engine, tok, 2))
         for result in results:
             ranges, obs = result["action_ranges"], result["observation_tokens"]

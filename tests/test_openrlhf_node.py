@@ -104,8 +104,27 @@ def test_packing_flags_pass_openrlhfs_parser():
     grpo = next(c for c in commands.plan(config) if c.module == "openrlhf.cli.train_ppo_ray")
     args = preflight.parse_flags(grpo.module, grpo.flags)
     assert args.ds.packing_samples and args.train.dynamic_batch_enable
-    assert args.train.max_tokens_per_gpu == args.rollout.max_tokens_per_gpu == commands.max_len(config)
+    # one longest episode: the prompt and 8 turns of at most 1,024 tokens, not data.max_len's 17,440
+    assert args.train.max_tokens_per_gpu == args.rollout.max_tokens_per_gpu == 1024 + 8 * 1024 + 4 * 8
+    assert commands.episode_tokens(config) == 1024 + 8 * 1024 + 4 * 8 < commands.max_len(config)
+    assert "longest episode 9248 tokens" in preflight.layout_check(config).detail
     assert args.train.micro_batch_size == 1 and args.ds.attn_implementation == "flash_attention_2"
+
+
+def test_disk_estimate_counts_the_kept_saves_and_one_stages_checkpoints(monkeypatch):
+    """qwen7b: 2 SFT saves + 2 phase models stay (bf16), and at most one stage's 2 DeepSpeed checkpoints
+    (bf16 weights + fp32 master weights and Adam moments) exist at once: the launcher deletes them when done."""
+    from longshort.trainers.openrlhf import disk
+
+    parameters = memory.PUBLISHED["Qwen/Qwen2.5-7B-Instruct"].parameters
+    peak = (4 * 2 * parameters + 2 * 14 * parameters) / memory.GIB
+    check = preflight.disk_check(load_config("qwen7b", ["backend.disk_gib=1000"]), hub=False)
+    assert check.status == "ok" and f"~{peak:.0f} GiB under output_dir" in check.detail
+    check = preflight.disk_check(load_config("qwen7b", ["backend.disk_gib=200"]), hub=False)
+    assert check.status == "failed" and "more than backend.disk_gib=200: put output_dir on a filesystem" in check.detail
+    monkeypatch.setattr(disk, "free_gib", lambda path: 50.0)
+    check = preflight.disk_check(load_config("qwen7b"), hub=False)
+    assert check.status == "failed" and "more than the 50 GiB free at" in check.detail
 
 
 # ----------------------------------------------------------------------------------- defects 4, 6, 8: flags
@@ -159,7 +178,7 @@ def test_sft_rows_survive_a_cleaning_tokenizer_and_the_length_cap(tmp_path, tiny
     config = load_config("qwen7b", [f"output_dir={tmp_path}/run", f"agents.short.model.name_or_path={cleaning}"])
     agent = build_agents(config)["short"]
     full = build_examples(agent, [record], tok, 4096)[0]
-    config.sft.max_length = len(full.input_ids)  # the example is exactly data.max_len long
+    config.sft.max_length = len(full.input_ids) + 1  # the example and its EOS are exactly data.max_len long
     commands.coldstart_path(config, "short").parent.mkdir(parents=True)
     commands.coldstart_path(config, "short").write_text(json.dumps(record) + "\n")
     data = launch.write_sft_data(config, "short")
@@ -202,6 +221,8 @@ def test_rows_carry_their_ids_and_openrlhf_gets_them_back_through_sft_main(monke
     assert wrapped((row["input"] + row["output"]).rstrip("\n"), return_tensors="pt")["input_ids"].tolist() == [row["ids"]]
     assert wrapped("abz")["input_ids"] == [99, 26] and wrapped.eos_token == "</s>"  # other texts: the real one
     assert launch.openrlhf_sft_rows(example, Merging(), max_len=4) == ([], 1)  # 4 ids + EOS do not fit
+    ending = SimpleNamespace(input_ids=[1, 2, 3, 0], loss_mask=[0, 0, 1, 1])  # a turn that ends with EOS (id 0)
+    assert [r["ids"] for r in launch.openrlhf_sft_rows(ending, Merging(), max_len=4)[0]] == [[1, 2, 3, 0]]
 
     # the SFT command runs OpenRLHF's train_sft through sft_main, whose get_tokenizer wraps the real one
     pytest.importorskip("openrlhf", reason=NO_OPENRLHF)
@@ -296,7 +317,7 @@ def preflight_config(tmp_path, tiny_dir, *overrides):
     held_out = tmp_path / "held_out.jsonl"
     held_out.write_text(json.dumps({"problem": "What is $2+2$?", "answer": "4"}) + "\n")
     return load_config("qwen7b", [f"data.train.source={train}", f"data.eval.source={held_out}",
-                                  f"output_dir={tmp_path}/run", *overrides])
+                                  f"output_dir={tmp_path}/run", "backend.disk_gib=1000", *overrides])
 
 
 def test_preflight_runs_data_and_cold_start_for_real_and_says_what_stood_in(tmp_path, tiny_dir, monkeypatch):
@@ -310,6 +331,8 @@ def test_preflight_runs_data_and_cold_start_for_real_and_says_what_stood_in(tmp_
     assert "[ok] data stage: 2 training problems" in out and "first gold answer '3'" in out  # answer_from: boxed
     assert "in place of deepseek-ai/DeepSeek-R1-Distill-Qwen-7B on vllm" in out
     assert "[ok] OpenRLHF SFT rows:" in out and not (tmp_path / "run" / "data").exists()  # the run is untouched
+    assert "one OpenRLHF SFT step is 8 rows (one per own turn), the embedded SFT's is 8 transcripts" in out
+    assert "first optimiser step is at learning rate 0" in out and "[ok] disk: ~" in out
     progress = tmp_path / "run" / "preflight" / "sft" / "coldstart" / "synthesis_progress.jsonl"
     assert len(progress.read_text().splitlines()) == 2  # both problems went through the whole synthesis
 
@@ -322,7 +345,7 @@ def test_preflight_fails_with_the_reason_on_the_old_flags(tmp_path, tiny_dir, mo
     assert preflight.run_preflight(config, problems=2, hub=False, echo=printed.append) == 2
     failed = [line for line in printed if line.startswith("FAILED")]
     assert failed == [next(line for line in printed if line.startswith("FAILED per-GPU memory"))]
-    assert "actor (short, 6 GPUs) needs ~449 GiB per GPU" in failed[0] and "trainer.micro_batch_size=1" in failed[0]
+    assert "actor (short, 6 GPUs) needs ~261 GiB per GPU" in failed[0] and "trainer.micro_batch_size=1" in failed[0]
 
 
 def test_preflight_shows_a_cold_start_that_cannot_be_built(tmp_path, tiny_dir, monkeypatch):

@@ -116,8 +116,16 @@ def test_sft_examples_mask_exactly_the_agents_own_tokens(agent):
     assert tokenizer.decode([example.input_ids[i] for i in trained]) == "".join(own_texts)
     assert example.loss_mask[: len(agent.prefix_ids(record["question"], tokenizer))] == [0] * len(
         agent.prefix_ids(record["question"], tokenizer))
+    # A cut inside the agent's own last turn leaves that turn out (trained up to the cut it would teach a turn
+    # that stops before its closing tag); a cut inside the partner's turn only shortens the untrained context.
     (cut,) = build_examples(agent, [record], tokenizer, max_length=len(example.input_ids) - 3)
-    assert cut.input_ids == example.input_ids[:-3] and cut.trained_tokens == example.trained_tokens - 3
+    if example.loss_mask[-1]:  # the example ends with the agent's last own turn
+        last = [t for t in record["turns"] if t["role"] == agent.role][-1]
+        kept = len(example.input_ids) - len(tokenizer.encode(last["text"], add_special_tokens=False))
+        assert cut.input_ids == example.input_ids[:kept] and cut.loss_mask == example.loss_mask[:kept]
+        assert cut.trained_tokens == example.trained_tokens - (len(example.input_ids) - kept)
+    else:
+        assert cut.input_ids == example.input_ids[:-3] and cut.trained_tokens == example.trained_tokens
 
 
 def test_a_turn_that_ends_without_a_stop_string_is_trained_to_end_with_eos():

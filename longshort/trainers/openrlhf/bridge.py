@@ -21,23 +21,26 @@ on the sample by ``execute`` once the whole group is done, never OpenRLHF's leng
 samples of one ``generate_responses`` call share the sampling-params object they were passed and
 are started together by ``asyncio.gather``; each joins its group by that object and yields once, so
 all have joined before any can finish, and they are scored together as the embedded runner scores
-a group. A sample in which the trained agent never acted (the partner ended the episode first) then
-gets the mean reward of the samples in which it did, so its placeholder action carries no advantage
-under ``group_norm`` or ``reinforce_baseline`` (the embedded trainer masks such samples out of the
-group statistics; here they stay in, at the mean, which leaves the mean unchanged and shrinks the
-group's std a little).
+a group. A group of any other size than ``rollout.group_size`` means that contract broke (an
+OpenRLHF that copies the sampling parameters per sample), and scoring it raises rather than
+silently comparing lengths within smaller groups.
 
-Differences from the embedded runner that OpenRLHF imposes: the executor always makes the policy
-act at least once, so a sample whose episode ended before the trained agent's turn still holds one
-(placeholder, zero-advantage) token; and top-k, which OpenRLHF's flags cannot set, is applied per
-turn from the agent's sampling settings while OpenRLHF's log-probabilities ignore it (as TRL's do).
+A sample in which the trained agent never acted (the partner ended the episode first) still holds
+the one placeholder action the executor always asks for: it is returned with no action range, so
+OpenRLHF trains no token of it (no policy loss, no KL, not in the token-mean normaliser; its loss
+aggregation skips fully masked sequences), and with the mean reward of the samples in which the
+agent acted, which leaves the group's mean unchanged (the embedded trainer masks such samples out of
+the group statistics; here they stay in, at the mean, which shrinks the group's std a little).
+
+Differences from the embedded runner that OpenRLHF imposes: that placeholder, and top-k, which
+OpenRLHF's flags cannot set: it is applied per turn from the agent's sampling settings while
+OpenRLHF's log-probabilities ignore it (as TRL's do).
 """
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import dataclasses
-import logging
 from typing import Any, Mapping
 
 import torch
@@ -51,9 +54,6 @@ from longshort.extensions import import_extensions
 from longshort.rewards import RewardContext, score_group
 from longshort.rollout import build_agents, build_env_factory  # importing it registers the built-in agents, envs
 from longshort.verify import Verifier
-
-logger = logging.getLogger(__name__)
-
 
 class BridgeRuntime:
     """What every sample of a phase shares: the agents, the env, the partner engines and the grading."""
@@ -260,9 +260,9 @@ class _Group:
     def _score(self) -> None:
         role = self.runtime.role
         if len(self.samples) != self.runtime.group_size:
-            logger.warning("scored a group of %d samples, expected rollout.group_size=%d: the group-relative "
-                           "length term compares only samples rolled out together", len(self.samples),
-                           self.runtime.group_size)
+            raise RuntimeError(f"a group of {len(self.samples)} samples, expected rollout.group_size="
+                               f"{self.runtime.group_size}: OpenRLHF no longer passes one sampling-params object to "
+                               "the samples of a prompt; pin openrlhf==0.11.2 or group samples by another key")
         # The whole group is scored, as the embedded runner scores it, so equal episodes get equal rewards.
         score_group([s.episode for s in self.samples if s.episode is not None], self.runtime.weights,
                     self.runtime.reward_context)
@@ -322,4 +322,6 @@ class AgentExecutor(MultiTurnAgentExecutor):
         if group.error is not None:
             raise RuntimeError("scoring the group failed") from group.error
         result.update(reward=sample.reward, scores=float(sample.episode.outcome.correct), extra_logs=sample.logs())
+        if not sample.acted:
+            result["action_ranges"] = []  # the placeholder action: no trained token (see the module's docstring)
         return result

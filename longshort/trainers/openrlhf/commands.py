@@ -25,10 +25,12 @@ per run, so a second phase of an agent would restart all three (``phases`` refus
 Run layout under ``output_dir``: ``data/train.jsonl`` (the data stage), ``sft/coldstart/<role>.jsonl``
 (an agent's cold-start transcripts, ``longshort.coldstart``), ``sft/<role>/final`` (its SFT
 checkpoint) and ``rl/phase<k>_<role>/{prompts.jsonl, model, ckpt, tensorboard}``. A step that
-succeeds writes a marker (``DONE`` in its folder) and is skipped when run again.
+succeeds writes a marker (``DONE`` in its folder) and is skipped when run again; its DeepSpeed
+checkpoints (``ckpt``), which only resume it, are then deleted (``disk``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -42,6 +44,7 @@ from omegaconf import OmegaConf
 
 from longshort.config import Config, ConfigError
 from longshort.extensions import is_file_entry, worker_env
+from longshort.paths import holds_weights
 from longshort.trainers import tracking
 from longshort.trainers.openrlhf.partner import PartnerSpec
 
@@ -54,7 +57,7 @@ PROMPT_TOKENS = 1024  # room for an agent's chat-templated system prompt and que
 SEPARATOR_TOKENS = 4  # per turn, for the separators between turns
 PARTNER_GPU_MEMORY = 0.9  # the partner has its GPU to itself (the paper's partner servers use 0.9)
 ADAM_BETAS = (0.9, 0.999)  # torch's AdamW default: the embedded trainer's and TRL's (the paper trained with TRL)
-CKPT_KEEP = 2  # DeepSpeed checkpoints kept per run (--ckpt.max_num): the latest resumes, one spare
+CKPT_KEEP = 2  # DeepSpeed checkpoints kept per run (--ckpt.max_num): the latest resumes, one spare; deleted once DONE
 CODE_PACKAGES = ("longshort", "agents", "envs")  # shipped with a submitted job (runtime env py_modules)
 
 
@@ -66,7 +69,8 @@ class Command:
     """One step of the plan: a process, the environment it adds, and the marker written when it succeeds.
 
     ``module`` and ``flags`` repeat the OpenRLHF part of ``argv`` (None for our own steps), so the
-    flags can be checked against OpenRLHF's parser without parsing the launcher prefix.
+    flags can be checked against OpenRLHF's parser without parsing the launcher prefix. ``cleanup``:
+    folders only a resume of this step reads (its DeepSpeed checkpoints), deleted once it is done.
     """
 
     stage: str
@@ -76,6 +80,7 @@ class Command:
     marker: str | None = None
     module: str | None = None
     flags: tuple[str, ...] = ()
+    cleanup: tuple[str, ...] = ()
 
     def shell(self) -> str:
         """The command as one shell line (environment assignments first)."""
@@ -158,9 +163,23 @@ def max_len(config: Config) -> int:
     return PROMPT_TOKENS + config.env.max_total_tokens + SEPARATOR_TOKENS * config.env.max_turns
 
 
+def episode_tokens(config: Config) -> int:
+    """The longest episode the trained agent can hold: the prompt, ``env.max_turns`` turns each at the largest
+    per-turn cap (``sampling.max_new_tokens``, within ``env.max_total_tokens`` together) and their separators.
+
+    ``max_len`` budgets every turn at the episode's whole budget; the turn caps bound it tighter, and a
+    micro-batch budget of ``max_len`` would reserve logits (and their gradient) for tokens no episode has.
+    Counted in the trained agent's tokens: a partner of another vocabulary, re-tokenized, can run longer
+    (then set ``backend.max_tokens_per_gpu``).
+    """
+    cap = max(agent.sampling.max_new_tokens for agent in config.agents.values())
+    env = config.env
+    return PROMPT_TOKENS + min(env.max_total_tokens, env.max_turns * cap) + SEPARATOR_TOKENS * env.max_turns
+
+
 def train_tokens_per_gpu(config: Config) -> int:
     """With packing: tokens of one training micro-batch per GPU (default: one longest episode)."""
-    return config.backend.max_tokens_per_gpu or max_len(config)
+    return config.backend.max_tokens_per_gpu or episode_tokens(config)
 
 
 def layout(config: Config) -> Layout:
@@ -214,10 +233,17 @@ def phases(config: Config) -> list[Phase]:
     return result
 
 
+def sft_finished(config: Config, role: str) -> bool:
+    """Whether the agent's SFT finished: its step's ``DONE`` marker and a whole save in ``sft/<role>/final``
+    (a failed ``train_sft`` leaves that folder empty or partial)."""
+    return (run_dir(config) / "sft" / role / "DONE").is_file() and holds_weights(sft_model_dir(config, role))
+
+
 def _initial_checkpoints(config: Config) -> dict[str, str]:
-    """Every agent's weights before RL: its SFT output when the run has an sft stage, else its base model."""
-    return {role: str(sft_model_dir(config, role)) if "sft" in config.stages else agent.model.name_or_path
-            for role, agent in config.agents.items()}
+    """Every agent's weights before RL: its SFT output when the run has an sft stage or a finished SFT
+    (``stages=[rl, ...]`` after it, as the embedded backend's ``train.stage_models``), else its base model."""
+    return {role: str(sft_model_dir(config, role)) if "sft" in config.stages or sft_finished(config, role)
+            else agent.model.name_or_path for role, agent in config.agents.items()}
 
 
 def final_checkpoints(config: Config) -> dict[str, str]:
@@ -362,17 +388,20 @@ def sft_commands(config: Config) -> list[Command]:
                                      "longshort.trainers.openrlhf.sft_main", *flags],
                             tracking.openrlhf_env(config), entrypoint_gpus=gpus)
         commands.append(Command("sft", f"cold-start SFT of the {role} agent", argv, env,
-                                str(folder / "DONE"), module, flags))
+                                str(folder / "DONE"), module, flags, cleanup=(str(folder / "ckpt"),)))
     return commands
 
 
 def partner_specs(config: Config, phase: Phase) -> list[PartnerSpec]:
-    """The frozen partners of a phase, each on ``backend.partner_gpus`` GPUs (one vLLM engine per GPU)."""
+    """The frozen partners of a phase, each on ``backend.partner_gpus`` GPUs (one vLLM engine per GPU), named
+    per run folder and phase: Ray actor names are cluster-wide, and two runs sharing one ``name`` must not
+    share a partner (one would play against the other's checkpoint)."""
+    run = hashlib.sha1(str(run_dir(config)).encode()).hexdigest()[:12]  # two runs of one recipe on a cluster
     specs = []
     for role, checkpoint in phase.partners.items():
         agent = config.agents[role]
         specs.append(PartnerSpec(
-            role=role, model=checkpoint, name=f"longshort-{config.name}-phase{phase.index}-{role}",
+            role=role, model=checkpoint, name=f"longshort-{config.name}-{run}-phase{phase.index}-{role}",
             replicas=config.backend.partner_gpus, engine="vllm", num_gpus=1.0, dtype=agent.model.dtype,
             seed=config.seed,
             engine_kwargs={"gpu_memory_utilization": PARTNER_GPU_MEMORY, "max_model_len": max_len(config),
@@ -462,7 +491,7 @@ def rl_commands(config: Config) -> list[Command]:
         partners = ", ".join(f"{role} frozen at {path}" for role, path in phase.partners.items())
         commands.append(Command("rl", f"phase {phase.index}: GRPO of the {phase.role} agent for {phase.steps} steps "
                                 f"from {phase.init} ({partners})", argv, env_pairs,
-                                str(phase.dir / "DONE"), module, flags))
+                                str(phase.dir / "DONE"), module, flags, cleanup=(str(phase.dir / "ckpt"),)))
     return commands
 
 

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -49,13 +50,23 @@ def run(config: Config, dry_run: bool = False, stages: Sequence[str] | None = No
     for command in commands:
         if command.marker and Path(command.marker).exists():
             echo(f"# done already: {command.title} ({command.marker})")
-            continue
-        echo(f"# [{command.stage}] {command.title}\n{command.shell()}")
-        subprocess.run(command.argv, env={**os.environ, **dict(command.env)}, check=True)
-        if command.marker:
-            Path(command.marker).parent.mkdir(parents=True, exist_ok=True)
-            Path(command.marker).write_text(json.dumps({"title": command.title}) + "\n")
+        else:
+            echo(f"# [{command.stage}] {command.title}\n{command.shell()}")
+            subprocess.run(command.argv, env={**os.environ, **dict(command.env)}, check=True)
+            if command.marker:
+                Path(command.marker).parent.mkdir(parents=True, exist_ok=True)
+                Path(command.marker).write_text(json.dumps({"title": command.title}) + "\n")
+        _clean_up(command, echo)
     return commands
+
+
+def _clean_up(command: Command, echo: Callable[[str], None]) -> None:
+    """Delete what only a resume of a finished step reads (its DeepSpeed checkpoints, the largest files of a
+    run); also on a later run, in case the last one stopped between the marker and the deletion."""
+    for folder in map(Path, command.cleanup):
+        if folder.is_dir():
+            shutil.rmtree(folder)
+            echo(f"# deleted {folder}: {command.title} is done and only a resume of it reads it")
 
 
 # ------------------------------------------------------------------------------------------- preparation steps
@@ -96,8 +107,10 @@ def openrlhf_sft_rows(example, tokenizer, max_len: int) -> tuple[list[dict], int
     a token depends only on the tokens before it, so one row per own turn, with everything before the
     turn as the prompt, trains exactly the token losses of the embedded example; only the batching
     differs. The output ends with the EOS token, which OpenRLHF always trains (ending it ourselves
-    avoids its `` <eos>`` with a space); the embedded SFT trains no EOS, since our engines end a turn
-    at its closing tag.
+    avoids its `` <eos>`` with a space); the embedded SFT trains no EOS after a turn that ends at its
+    closing tag, since our engines stop there (a turn that ends with EOS already gets no second one).
+    Every own turn of ``example`` is whole: ``build_examples`` leaves out a turn its length cut falls
+    inside, which here would be closed by an EOS in mid-turn.
 
     Each row carries its ids (``input_ids``: the prompt's, ``ids``: the whole row's with the EOS), and
     ``sft_main`` makes OpenRLHF's ``SFTDataset`` tokenize the row's two texts into exactly those: a
@@ -112,11 +125,12 @@ def openrlhf_sft_rows(example, tokenizer, max_len: int) -> tuple[list[dict], int
         if own and start is None:
             start = index
         elif not own and start is not None:
-            if index + 1 <= max_len:
+            ends = ids[index - 1] == tokenizer.eos_token_id
+            if index + (not ends) <= max_len:
                 rows.append({"input": tokenizer.decode(ids[:start], clean_up_tokenization_spaces=False),
                              "output": tokenizer.decode(ids[start:index], clean_up_tokenization_spaces=False)
-                             + tokenizer.eos_token,
-                             "input_ids": ids[:start], "ids": ids[:index] + [tokenizer.eos_token_id]})
+                             + ("" if ends else tokenizer.eos_token),
+                             "input_ids": ids[:start], "ids": ids[:index] + ([] if ends else [tokenizer.eos_token_id])})
             else:
                 dropped += 1
             start = None
@@ -133,13 +147,15 @@ def retokenizes(row: dict, tokenizer) -> bool:
 
 @dataclass(frozen=True)
 class SFTData:
-    """What ``write_sft_data`` wrote: the OpenRLHF rows of an agent, the turns left out, and how many rows
-    plain re-tokenization would have shifted (``merged``: trained exactly only through ``sft_main``)."""
+    """What ``write_sft_data`` wrote: the OpenRLHF rows of an agent, the turns left out, how many rows
+    plain re-tokenization would have shifted (``merged``: trained exactly only through ``sft_main``), and
+    the examples (transcripts) they came from: OpenRLHF's ``train.batch_size`` counts rows."""
 
     path: Path
     rows: int
     dropped: int
     merged: int
+    examples: int
 
 
 def write_sft_data(config: Config, role: str, tokenizer=None) -> SFTData:
@@ -186,7 +202,7 @@ def write_sft_data(config: Config, role: str, tokenizer=None) -> SFTData:
     if not written:
         raise ConfigError(f"no SFT rows for the {role} agent: all {dropped} turns were too long for sft.max_length="
                           f"{max_len} or collided with another row's text")
-    return SFTData(target, written, dropped, merged)
+    return SFTData(target, written, dropped, merged, len(examples))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

