@@ -46,12 +46,14 @@ from safetensors.torch import load_file
 
 from agents.base import Agent, vocab_key
 from longshort.config import SFTConfig
+from longshort.errors import UserError
 from longshort.episode import Turn
 from longshort.engines.hf_cache import cache_kwarg, returned_cache
 from longshort.trainers.optim import adamw, cosine_schedule
 from longshort.memory import release_freed_memory
 from longshort.models import pick_dtype
-from longshort.paths import write_atomically
+from longshort.jsonl import trim_log
+from longshort.paths import append_line, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,10 @@ STATE_FILE = "trainer_state.pt"
 LOG_FILE = "log.jsonl"
 
 StepCallback = Callable[[dict], None]
+
+
+class SFTDataError(UserError, ValueError):
+    """Cold-start transcripts that leave an agent nothing to learn from; says which setting to change."""
 
 
 @dataclass(frozen=True)
@@ -247,8 +253,10 @@ def run_sft(model, tokenizer, agent: Agent, transcripts: Sequence[dict], config:
         return final
     examples = build_examples(agent, transcripts, tokenizer, config.max_length)
     if not examples:
-        raise ValueError(f"no SFT examples for agent '{agent.role}': no transcript has a turn with that role "
-                         f"(roles present: {sorted({t['role'] for r in transcripts for t in r['turns']})})")
+        roles = sorted({t["role"] for r in transcripts for t in r["turns"]})
+        why = (f"every transcript's '{agent.role}' turns fall past sft.max_length={config.max_length} tokens; raise it"
+               if agent.role in roles else f"no transcript has a turn with that role (roles present: {roles})")
+        raise SFTDataError(f"no SFT examples for agent '{agent.role}' in {len(transcripts)} transcripts: {why}")
     out.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     model.float()
@@ -269,7 +277,7 @@ def run_sft(model, tokenizer, agent: Agent, transcripts: Sequence[dict], config:
         scheduler.load_state_dict(state["scheduler"])
         step, rng_state = state["step"], state["rng"]
         logger.info("sft %s: resuming from %s (step %d of %d)", agent.role, checkpoint, step, total)
-    _trim_log(out / LOG_FILE, step)
+    trim_log(out / LOG_FILE, step)
     use_bf16 = pick_dtype(device) == torch.bfloat16
     checkpointing = config.gradient_checkpointing and getattr(model, "supports_gradient_checkpointing", False)
     if checkpointing:
@@ -291,8 +299,7 @@ def run_sft(model, tokenizer, agent: Agent, transcripts: Sequence[dict], config:
                                       pad_id, device, use_bf16, share_prefix=not checkpointing)
                 step += 1
                 metrics = {"step": step, "epoch": epoch + (index + 1) / per_epoch, **metrics}
-                with open(out / LOG_FILE, "a") as handle:
-                    handle.write(json.dumps(metrics) + "\n")
+                append_line(out / LOG_FILE, json.dumps(metrics))
                 update_bar(step, metrics)
                 if step % config.save_every == 0 and step < total:
                     _save_checkpoint(out, step, model, tokenizer, optimizer, scheduler, key, device)
@@ -375,14 +382,6 @@ def _set_rng(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _trim_log(path: Path, step: int) -> None:
-    """Drop log lines past ``step``: steps redone after a resume are logged again, not twice."""
-    if not path.is_file():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in lines))
 
 
 @contextmanager

@@ -47,6 +47,7 @@ from longshort.evaluation.records import Record, RecordFile
 from longshort.evaluation.report import ordered_sets, write_report
 from longshort.evaluation.results import Results
 from longshort.models import MODEL_ALIASES
+from longshort.paths import write_text_atomically
 from longshort.registry import ENVS
 from longshort.rollout import RolloutRunner, build_agents, build_engines, build_env_factory
 from longshort.verify import Verifier
@@ -139,8 +140,8 @@ def _claim(out_dir: Path, eval_config: Config, restart: bool) -> None:
             raise EvalError(f"{out_dir} holds records of another evaluation ({', '.join(changed)} differ); "
                             "pass out=<another folder>, or --restart to discard them")
     out_dir.mkdir(parents=True, exist_ok=True)
-    pin.write_text(json.dumps(expected, indent=2) + "\n")
-    (out_dir / "config.yaml").write_text(to_yaml(eval_config))
+    write_text_atomically(pin, json.dumps(expected, indent=2) + "\n")
+    write_text_atomically(out_dir / "config.yaml", to_yaml(eval_config))
 
 
 # ------------------------------------------------------------------------------------------ engines
