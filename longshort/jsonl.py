@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from longshort.errors import UserError
-from longshort.paths import write_text_atomically
+from longshort.paths import not_utf8_message, write_text_atomically
 
 ONE_OBJECT_PER_LINE = "each line must be one complete JSON object"
 
@@ -37,8 +37,7 @@ def read_jsonl(path: str | Path, *, hint: str = ONE_OBJECT_PER_LINE) -> Iterator
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise JsonlError(f"{path}:{number}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not "
-                                 "UTF-8; save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+                raise JsonlError(not_utf8_message(path, number, raw, err)) from None
             if not text.strip():
                 continue
             try:

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from longshort.errors import UserError
+
 DATA_DIR_ENV = "LONGSHORT_DATA_DIR"
 CACHE_DIR_ENV = "LONGSHORT_CACHE_DIR"
 
@@ -30,6 +32,26 @@ def cache_dir() -> Path:
     path = Path(value).expanduser() if value else Path.home() / ".cache" / "longshort"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class NotUTF8Error(UserError, ValueError):
+    """A text file the user gave (a recipe, a table spec, a data file) with a byte that is not UTF-8."""
+
+
+def not_utf8_message(path: Path, line: int, raw: bytes, err: UnicodeDecodeError) -> str:
+    """``path:line: byte 0x.. at column c is not UTF-8`` and the fix; ``raw`` is the line's bytes."""
+    column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+    return (f"{path}:{line}: byte 0x{raw[err.start]:02x} at column {column} is not UTF-8; save the file as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8)")
+
+
+def read_user_text(path: Path) -> str:
+    """A user's text file as UTF-8 (a leading byte-order mark dropped); a bad byte names its line."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise NotUTF8Error(not_utf8_message(path, raw.count(b"\n", 0, err.start) + 1, raw, err)) from None
 
 
 def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:

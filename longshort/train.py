@@ -21,6 +21,7 @@ from longshort import cli
 from longshort.budgets import check_budgets
 from longshort.config import Config, to_yaml
 from longshort.data import DataError, Problem, load_jsonl, load_source, save_jsonl
+from longshort.jsonl import read_log
 from longshort.paths import write_text_atomically
 from longshort.report import report_after_run
 from longshort.run_dir import disk_full_reported, hold_run_dir
@@ -174,7 +175,7 @@ def summary_table(rows, roles: list[str]) -> str:
 def reward_trend(metrics_path: Path, roles: list[str]) -> str:
     """Markdown: the RL rollouts' mean total reward per agent, and accuracy, over the first and the last
     quarter of the steps (at least one step each): whether RL moved the reward, on its own episodes."""
-    steps = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    steps = read_log(metrics_path)
     k = max(1, len(steps) // 4)
     first, last = steps[:k], steps[-k:]
 

@@ -34,6 +34,7 @@ from typing import Callable
 
 from rich.console import Console
 
+from longshort.errors import UserError
 from longshort.config import ConfigError, load_config
 from longshort.reproduce.tables import HELDOUT, RowSpec, TableError, TableSpec, load_table
 from longshort.reproduce.timing import Timings
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
         show_progress_messages()
         table = run_table(spec, out)
-    except (TableError, StepFailed, ConfigError) as err:
+    except (UserError, StepFailed) as err:  # a table, recipe or data file mistake: one line
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
