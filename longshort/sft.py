@@ -54,6 +54,7 @@ from longshort.memory import release_freed_memory
 from longshort.models import pick_dtype
 from longshort.jsonl import trim_log
 from longshort.paths import append_line, write_atomically
+from longshort.plain_progress import PlainProgress, on_terminal
 
 logger = logging.getLogger(__name__)
 
@@ -386,9 +387,14 @@ def _set_rng(state: dict, device: torch.device) -> None:
 
 @contextmanager
 def _progress(enabled: bool, role: str, total: int, done: int) -> Iterator[Callable[[int, dict], None]]:
-    """A rich progress bar with loss and lr on stderr (stdout stays clean); yields its update function."""
+    """A rich progress bar with loss and lr on stderr (stdout stays clean); yields its update function.
+    Off a terminal, one plain line per step instead (``longshort.plain_progress``)."""
     if not enabled:
         yield lambda step, metrics: None
+        return
+    if not on_terminal():
+        lines = PlainProgress(f"sft {role} step", total, done)
+        yield lambda step, metrics: lines.line(step, f"loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}")
         return
     bar = Progress(TextColumn(f"sft {role}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"), TimeRemainingColumn(),

@@ -31,6 +31,7 @@ from longshort.config import Config
 from longshort.episode import Episode
 from longshort.jsonl import trim_log
 from longshort.paths import append_line
+from longshort.plain_progress import PlainProgress, on_terminal
 
 
 def episode_metrics(episodes: Sequence[Episode], roles: Sequence[str]) -> dict[str, float]:
@@ -55,7 +56,8 @@ def episode_metrics(episodes: Sequence[Episode], roles: Sequence[str]) -> dict[s
 
 
 class MetricsLogger:
-    """Appends one JSON line per logged step, mirrors it to TensorBoard, and drives a progress bar.
+    """Appends one JSON line per logged step, mirrors it to TensorBoard, and drives a progress bar
+    (off a terminal: one plain line per step, ``longshort.plain_progress``).
 
     On resume, lines and TensorBoard events after the restored step are dropped, so a run killed
     between a log write and a checkpoint does not end up with a step logged twice; lines are appended
@@ -77,8 +79,9 @@ class MetricsLogger:
         self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step + 1)
         self.progress = Progress(TextColumn("[bold]RL[/bold] step"), MofNCompleteColumn(), BarColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[summary]}"),
-                                 console=Console(stderr=True), disable=not progress)
+                                 console=Console(stderr=True), disable=not progress or not on_terminal())
         self.task = self.progress.add_task("rl", total=total_steps, completed=start_step, summary="")
+        self.lines = PlainProgress("RL step", total_steps, start_step) if progress and not on_terminal() else None
 
     def __enter__(self) -> "MetricsLogger":
         self.progress.start()
@@ -101,6 +104,8 @@ class MetricsLogger:
             if self.tracker is not None:
                 self.tracker.log(step, metrics, self.out_dir / "episodes" / f"step_{step:04d}.jsonl")
         self.progress.update(self.task, completed=step, summary=_summary(metrics))
+        if self.lines is not None:
+            self.lines.line(step, _summary(metrics))
 
 
 def _summary(metrics: Mapping[str, float | str | list]) -> str:
