@@ -94,7 +94,7 @@ def append_line(target: str | Path, line: str) -> None:
     """
     data = (line + "\n").encode("utf-8")
     with open(target, "ab") as handle:
-        if _next_write_point_kills():
+        if _next_write_point_kills(f"append {target}"):
             handle.write(data[: len(data) // 2])  # what a kill in the middle of the write leaves
             handle.flush()
         fault_point(f"append {target}")
@@ -104,24 +104,34 @@ def append_line(target: str | Path, line: str) -> None:
 
 
 # Fault injection (tests/test_kill_anywhere.py): with $LONGSHORT_KILL_AT_WRITE=N the process SIGKILLs
-# itself at its N-th write point (just before an atomic rename, or halfway through an appended line),
-# so a test can stop a run exactly inside the writes a resume depends on. Unset, a write point costs
-# one environment lookup.
+# itself at its N-th write point (just before an atomic rename, or halfway through an appended line);
+# with N:TEXT, at the N-th write point whose label ("rename <path>", "append <path>") contains TEXT. So a
+# test can stop a run exactly inside the writes a resume depends on. Unset, a write point costs one
+# environment lookup.
 KILL_AT_WRITE_ENV = "LONGSHORT_KILL_AT_WRITE"
 _write_points = 0
 
 
-def _next_write_point_kills() -> bool:
-    target = os.environ.get(KILL_AT_WRITE_ENV)
-    return bool(target) and _write_points + 1 == int(target)
+def _kill_target() -> tuple[int, str] | None:
+    value = os.environ.get(KILL_AT_WRITE_ENV)
+    if not value:
+        return None
+    count, _, text = value.partition(":")
+    return int(count), text
+
+
+def _next_write_point_kills(label: str) -> bool:
+    target = _kill_target()
+    return target is not None and target[1] in label and _write_points + 1 == target[0]
 
 
 def fault_point(label: str) -> None:
-    """Count one write point; the N-th (``$LONGSHORT_KILL_AT_WRITE``) says which on stderr and SIGKILLs."""
+    """Count one write point; the one ``$LONGSHORT_KILL_AT_WRITE`` names says which on stderr and SIGKILLs."""
     global _write_points
-    if not os.environ.get(KILL_AT_WRITE_ENV):
+    target = _kill_target()
+    if target is None or target[1] not in label:
         return
-    kills = _next_write_point_kills()
+    kills = _next_write_point_kills(label)
     _write_points += 1
     if kills:
         sys.stderr.write(f"fault injection: SIGKILL at write point {_write_points} ({label})\n")
