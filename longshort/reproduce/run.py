@@ -36,6 +36,7 @@ from rich.console import Console
 
 from longshort.errors import UserError
 from longshort.config import ConfigError, load_config
+from longshort.paths import write_text_atomically
 from longshort.reproduce.tables import HELDOUT, RowSpec, TableError, TableSpec, load_table
 from longshort.reproduce.timing import Timings
 
@@ -203,8 +204,7 @@ def run_table(spec: TableSpec, out: Path, *, runner: Callable[[Command, Layout],
         console.print(command.shell(), markup=False, highlight=False)
         seconds = timings.clock(command.key, lambda: runner(command, layout))
         _release()
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"command": command.shell(), "seconds": round(seconds, 1)}) + "\n")
+        write_text_atomically(marker, json.dumps({"command": command.shell(), "seconds": round(seconds, 1)}) + "\n")
     from longshort.reproduce.results import write_table
 
     return write_table(spec, layout)
