@@ -48,6 +48,7 @@ from typing import Iterable, Sequence
 
 from agents.long_short import LongThoughtAgent, ShortThoughtAgent
 from longshort.errors import UserError
+from longshort.jsonl import JsonlError, read_jsonl
 from longshort.paths import write_atomically
 from longshort.config import Config
 from longshort.data import Problem
@@ -315,15 +316,10 @@ def entropy_skip_coldstart(config: Config, problems: Sequence[Problem], out_dir:
 def load_coldstart(path: str | Path, role: str | None = None) -> list[dict]:
     """Transcript records of a cold-start JSONL file (only those for ``role`` when given)."""
     records = []
-    with open(path) as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ColdStartError(f"{path}:{line_number}: not valid JSON ({err.msg}); "
-                                     "regenerate the file with write_coldstart") from None
+    try:
+        for line_number, record in read_jsonl(path, hint="regenerate the file with write_coldstart"):
+            if not isinstance(record, dict):
+                raise ColdStartError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
             missing = [key for key in ("id", "question", "turns") if key not in record]
             bad_turn = not isinstance(record.get("turns"), list) or any(
                 not isinstance(t, dict) or "role" not in t or "text" not in t for t in record.get("turns", []))
@@ -333,6 +329,8 @@ def load_coldstart(path: str | Path, role: str | None = None) -> list[dict]:
                                      '{"id", "question", "answer", "turns": [{"role", "text"}, ...]}')
             if role is None or record.get("role", role) == role:
                 records.append(record)
+    except JsonlError as err:
+        raise ColdStartError(str(err)) from None
     return records
 
 

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from longshort.errors import UserError
+from longshort.paths import read_user_text
 from longshort.registry import did_you_mean
 
 
@@ -404,7 +405,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path in seen:
         raise ConfigError(f"recipe inheritance loops: {' -> '.join(p.stem for p in (*seen, path))}")
     try:
-        data = yaml.load(path.read_text(), Loader=_RecipeLoader) or {}
+        data = yaml.load(read_user_text(path), Loader=_RecipeLoader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"recipe {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
@@ -438,7 +439,7 @@ def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...
         path = resolve_recipe(recipe)
         layers.append((f"recipe {path}", _as_layer(_read_yaml(path))))
     for item in overrides:
-        if "=" not in item:
+        if "=" not in item or not item.partition("=")[0].strip():
             raise ConfigError(f"override '{item}' is not key=value (e.g. trainer.lr=1e-5)")
         layers.append((f"override {item}", _as_layer(OmegaConf.from_dotlist([item]))))
     merged = schema

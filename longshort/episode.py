@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from longshort.paths import write_text_atomically
+
 
 @dataclass
 class Turn:
@@ -98,9 +100,8 @@ class Episode:
 
 
 def save_episodes(episodes: Iterable[Episode], path: str | Path) -> None:
-    with open(path, "w") as handle:
-        for episode in episodes:
-            handle.write(json.dumps(episode.to_dict()) + "\n")
+    """One episode a line, written atomically: a resumed run rewrites a step's file, never half of it."""
+    write_text_atomically(Path(path), "".join(json.dumps(episode.to_dict()) + "\n" for episode in episodes))
 
 
 def load_episodes(path: str | Path) -> list[Episode]:

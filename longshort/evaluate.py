@@ -81,10 +81,12 @@ def _evaluate(config, invocation: cli.Invocation, arguments: dict[str, str]) -> 
         return 2
     if baseline is not None:
         from longshort.evaluation import paired
+        from longshort.paths import write_text_atomically
 
         diffs = paired.compare_sets(out, arguments["baseline"], list(results.sets))
-        with (out / "table.md").open("a", encoding="utf-8") as table:
-            table.write("\n## Paired difference\n\n" + paired.markdown(results.system, baseline.system, diffs))
+        table = (out / "table.md").read_text(encoding="utf-8")
+        write_text_atomically(out / "table.md", table + "\n## Paired difference\n\n"
+                              + paired.markdown(results.system, baseline.system, diffs))
         paired.write(out, results.system, baseline.system, arguments["baseline"], diffs)
     print((out / "table.md").read_text(), end="")
     console.print(report_after_run(out), markup=False, highlight=False, soft_wrap=True)

@@ -46,12 +46,15 @@ from safetensors.torch import load_file
 
 from agents.base import Agent, vocab_key
 from longshort.config import SFTConfig
+from longshort.errors import UserError
 from longshort.episode import Turn
 from longshort.engines.hf_cache import cache_kwarg, returned_cache
 from longshort.trainers.optim import adamw, cosine_schedule
 from longshort.memory import release_freed_memory
 from longshort.models import pick_dtype
-from longshort.paths import holds_weights, write_atomically
+from longshort.jsonl import trim_log
+from longshort.paths import append_line, holds_weights, write_atomically
+from longshort.plain_progress import PlainProgress, on_terminal
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,10 @@ STATE_FILE = "trainer_state.pt"
 LOG_FILE = "log.jsonl"
 
 StepCallback = Callable[[dict], None]
+
+
+class SFTDataError(UserError, ValueError):
+    """Cold-start transcripts that leave an agent nothing to learn from; says which setting to change."""
 
 
 @dataclass(frozen=True)
@@ -257,8 +264,10 @@ def run_sft(model, tokenizer, agent: Agent, transcripts: Sequence[dict], config:
         return final
     examples = build_examples(agent, transcripts, tokenizer, config.max_length)
     if not examples:
-        raise ValueError(f"no SFT examples for agent '{agent.role}': no transcript has a turn with that role "
-                         f"(roles present: {sorted({t['role'] for r in transcripts for t in r['turns']})})")
+        roles = sorted({t["role"] for r in transcripts for t in r["turns"]})
+        why = (f"every transcript's '{agent.role}' turns fall past sft.max_length={config.max_length} tokens; raise it"
+               if agent.role in roles else f"no transcript has a turn with that role (roles present: {roles})")
+        raise SFTDataError(f"no SFT examples for agent '{agent.role}' in {len(transcripts)} transcripts: {why}")
     out.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     model.float()
@@ -279,7 +288,7 @@ def run_sft(model, tokenizer, agent: Agent, transcripts: Sequence[dict], config:
         scheduler.load_state_dict(state["scheduler"])
         step, rng_state = state["step"], state["rng"]
         logger.info("sft %s: resuming from %s (step %d of %d)", agent.role, checkpoint, step, total)
-    _trim_log(out / LOG_FILE, step)
+    trim_log(out / LOG_FILE, step)
     use_bf16 = pick_dtype(device) == torch.bfloat16
     checkpointing = config.gradient_checkpointing and getattr(model, "supports_gradient_checkpointing", False)
     if checkpointing:
@@ -301,8 +310,7 @@ def run_sft(model, tokenizer, agent: Agent, transcripts: Sequence[dict], config:
                                       pad_id, device, use_bf16, share_prefix=not checkpointing)
                 step += 1
                 metrics = {"step": step, "epoch": epoch + (index + 1) / per_epoch, **metrics}
-                with open(out / LOG_FILE, "a") as handle:
-                    handle.write(json.dumps(metrics) + "\n")
+                append_line(out / LOG_FILE, json.dumps(metrics))
                 update_bar(step, metrics)
                 if step % config.save_every == 0 and step < total:
                     _save_checkpoint(out, step, model, tokenizer, optimizer, scheduler, key, device)
@@ -387,19 +395,16 @@ def _set_rng(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _trim_log(path: Path, step: int) -> None:
-    """Drop log lines past ``step``: steps redone after a resume are logged again, not twice."""
-    if not path.is_file():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in lines))
-
-
 @contextmanager
 def _progress(enabled: bool, role: str, total: int, done: int) -> Iterator[Callable[[int, dict], None]]:
-    """A rich progress bar with loss and lr on stderr (stdout stays clean); yields its update function."""
+    """A rich progress bar with loss and lr on stderr (stdout stays clean); yields its update function.
+    Off a terminal, one plain line per step instead (``longshort.plain_progress``)."""
     if not enabled:
         yield lambda step, metrics: None
+        return
+    if not on_terminal():
+        lines = PlainProgress(f"sft {role} step", total, done)
+        yield lambda step, metrics: lines.line(step, f"loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}")
         return
     bar = Progress(TextColumn(f"sft {role}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}"), TimeRemainingColumn(),

@@ -18,10 +18,13 @@ from typing import Callable
 from rich.console import Console
 
 from longshort import cli
+from longshort.budgets import check_budgets
 from longshort.config import Config, to_yaml
 from longshort.data import DataError, Problem, load_jsonl, load_source, save_jsonl
-from longshort.paths import holds_weights
+from longshort.jsonl import read_log
+from longshort.paths import holds_weights, write_text_atomically
 from longshort.report import report_after_run
+from longshort.run_dir import disk_full_reported, hold_run_dir
 
 # torch and transformers (longshort.models, sft, the trainers) are imported inside the stages that use
 # them: --help, --help-config, --print-config and a config error answer without them (tests/test_cli.py).
@@ -41,8 +44,16 @@ def stage_data(config: Config, run: Path) -> None:
     """
     out = run / "data"
     train = _load_source("train", config)
+    if not train:
+        raise DataError(f"data.train.source={config.data.train.source} holds no problems; give it a file with at "
+                        "least one {\"problem\", \"answer\"} line (or another source)")
     seen = {problem.prompt for problem in train}
-    held_out = [problem for problem in _load_source("eval", config) if problem.prompt not in seen]
+    evaluated = _load_source("eval", config)
+    held_out = [problem for problem in evaluated if problem.prompt not in seen]
+    if not held_out and "eval" in config.stages:
+        why = f"all {len(evaluated)} also occur in the training set" if evaluated else "it holds none"
+        raise DataError(f"data.eval.source={config.data.eval.source} leaves no held-out problems ({why}); "
+                        "give the eval stage other problems, or drop 'eval' from stages")
     for split, problems, source in (("train", train, config.data.train), ("eval", held_out, config.data.eval)):
         save_jsonl(problems, out / f"{split}.jsonl")
         console.print(f"data: {len(problems)} {split} problems from {source.source} -> {out / f'{split}.jsonl'}")
@@ -124,7 +135,7 @@ def stage_rl(config: Config, run: Path) -> None:
 
         launch.run(config, stages=["rl"])
         finals = launch.final_checkpoints(config)
-        (run / "rl" / "final.json").write_text(json.dumps({role: str(p) for role, p in finals.items()}) + "\n")
+        write_text_atomically(run / "rl" / "final.json", json.dumps({role: str(p) for role, p in finals.items()}) + "\n")
         return
     from longshort.models import load_configured
     from longshort.trainers import GRPOTrainer
@@ -132,7 +143,8 @@ def stage_rl(config: Config, run: Path) -> None:
     models = {role: load_configured(config.agents[role].model, path=path)
               for role, path in stage_models(config, run, "sft").items()}
     finals = GRPOTrainer(config, _problems(run, "train"), run / "rl", models).train()
-    (run / "rl" / "final.json").write_text(json.dumps({role: str(path) for role, path in finals.items()}) + "\n")
+    write_text_atomically(run / "rl" / "final.json",
+                          json.dumps({role: str(path) for role, path in finals.items()}) + "\n")
 
 
 def stage_eval(config: Config, run: Path) -> None:
@@ -151,8 +163,9 @@ def stage_eval(config: Config, run: Path) -> None:
     summary = summary_table(rows, list(config.agents)) + paired_summary(run, [name for name, _ in rows])
     if (run / "rl" / "metrics.jsonl").is_file():
         summary += "\n" + reward_trend(run / "rl" / "metrics.jsonl", list(config.agents))
-    (run / "summary.md").write_text(summary)
-    (run / "summary.json").write_text(json.dumps({name: result.to_dict() for name, result in rows}, indent=2) + "\n")
+    write_text_atomically(run / "summary.md", summary)
+    write_text_atomically(run / "summary.json",
+                          json.dumps({name: result.to_dict() for name, result in rows}, indent=2) + "\n")
     console.print(summary, markup=False, highlight=False)
 
 
@@ -190,7 +203,7 @@ def paired_summary(run: Path, checkpoints: list[str]) -> str:
 def reward_trend(metrics_path: Path, roles: list[str]) -> str:
     """Markdown: the RL rollouts' mean total reward per agent, and accuracy, over the first and the last
     quarter of the steps (at least one step each): whether RL moved the reward, on its own episodes."""
-    steps = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    steps = read_log(metrics_path)
     k = max(1, len(steps) // 4)
     first, last = steps[:k], steps[-k:]
 
@@ -217,20 +230,27 @@ STAGE_FUNCTIONS: dict[str, Callable[[Config, Path], None]] = {
 
 
 def run_pipeline(config: Config, *, restart: bool = False) -> Path:
+    """Run the stages in ``output_dir``, which this process holds (``longshort.run_dir``) until they end.
+
+    Every file a later stage or a resume reads is written atomically, DONE markers included, so a run
+    killed at any moment and started again with the same command ends as an uninterrupted one would
+    (``tests/test_kill_anywhere.py``; the README's "Interrupted runs" section says what may differ)."""
     run = Path(config.output_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(to_yaml(config))
-    for name in config.stages:
-        marker = run / name / "DONE"
-        if marker.exists() and not restart:
-            console.print(f"[dim]{name}: done already ({marker}); skipping[/dim]")
-            continue
-        (run / name).mkdir(parents=True, exist_ok=True)
-        console.rule(f"stage: {name}")
-        began = time.perf_counter()
-        STAGE_FUNCTIONS[name](config, run)
-        marker.write_text(json.dumps({"stage": name, "seconds": round(time.perf_counter() - began, 1)}) + "\n")
-    console.print(report_after_run(run), markup=False, highlight=False, soft_wrap=True)
+    check_budgets(config)
+    with hold_run_dir(run), disk_full_reported(run):
+        write_text_atomically(run / "config.yaml", to_yaml(config))
+        for name in config.stages:
+            marker = run / name / "DONE"
+            if marker.exists() and not restart:
+                console.print(f"[dim]{name}: done already ({marker}); skipping[/dim]")
+                continue
+            (run / name).mkdir(parents=True, exist_ok=True)
+            console.rule(f"stage: {name}")
+            began = time.perf_counter()
+            STAGE_FUNCTIONS[name](config, run)
+            write_text_atomically(marker, json.dumps({"stage": name,
+                                                      "seconds": round(time.perf_counter() - began, 1)}) + "\n")
+        console.print(report_after_run(run), markup=False, highlight=False, soft_wrap=True)
     return run
 
 

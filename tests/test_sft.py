@@ -88,7 +88,7 @@ def test_write_and_load_coldstart(tmp_path):
         assert records[0]["turns"] == build_transcripts(problems, seed=0)[0]["turns"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": "x", "question": "q", "turns": []}) + "\n{broken\n")
-    with pytest.raises(ColdStartError, match=r"bad.jsonl:2: not valid JSON"):
+    with pytest.raises(ColdStartError, match=r"bad.jsonl:2: invalid JSON"):
         load_coldstart(bad)
     with pytest.raises(ColdStartError, match="no cold-start transcripts"):
         write_coldstart([Problem("no-steps", "What is 2 + 2?", "4")], tmp_path / "none", seed=0)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from longshort import paths
 from longshort.errors import UserError
+from longshort.jsonl import JsonlError, read_jsonl
 from longshort.registry import BENCHMARKS, UnknownNameError, did_you_mean
 from longshort.data.problem import Problem
 from longshort.data.synthetic import SPLITS, split_seed, synthetic_problems
@@ -147,15 +148,11 @@ def _to_problems(
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: invalid JSON ({err.msg} at column {err.colno}); "
-                                "each line must be one complete JSON object") from None
+    try:
+        for number, row in read_jsonl(path):
+            yield f"{path}:{number}", row
+    except JsonlError as err:
+        raise DataError(str(err)) from None
 
 
 def load_jsonl(
@@ -163,7 +160,8 @@ def load_jsonl(
     solution_key: str | None = "solution", limit: int | None = None, source: str | None = None,
     id_format: str | None = None, postprocess: Postprocess | None = None,
 ) -> list[Problem]:
-    """Problems from a local JSONL file, one object a line; blank lines are skipped.
+    """Problems from a local JSONL file, one object a line (``longshort.jsonl.read_jsonl``: a byte-order
+    mark, CRLF line ends and blank lines are fine).
 
     Rows without an id get ``id_format.format(index=i)`` (default ``"<file stem>-0000"``).
     ``save_jsonl`` output loads back to equal Problems.
@@ -211,13 +209,9 @@ def load_hub(
 
 
 def save_jsonl(problems: Iterable[Problem], path: str | Path) -> Path:
-    """Write Problems as JSONL (``Problem.to_dict`` per line); ``load_jsonl`` reads them back."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for problem in problems:
-            handle.write(json.dumps(problem.to_dict(), ensure_ascii=False) + "\n")
-    return path
+    """Write Problems as JSONL (``Problem.to_dict`` per line), atomically; ``load_jsonl`` reads them back."""
+    return paths.write_text_atomically(Path(path), "".join(json.dumps(problem.to_dict(), ensure_ascii=False) + "\n"
+                                                          for problem in problems))
 
 
 # ---------------------------------------------------------------- multiple choice (GPQA)

@@ -16,6 +16,7 @@ from longshort.errors import UserError
 from longshort.evaluation.metrics import per_item
 from longshort.evaluation.records import RecordFile
 from longshort.evaluation.stats import PairedDifference, paired_difference
+from longshort.paths import write_text_atomically
 
 MARGIN = 0.02  # "within 2 points": the paired interval's low end at or above -2 points
 
@@ -83,6 +84,6 @@ def write(out_dir: str | Path, a_label: str, b_label: str, b_dir: str | Path,
           diffs: Mapping[str, PairedDifference]) -> Path:
     """``paired.json`` beside the evaluation: what it was compared with, and every set's difference."""
     path = Path(out_dir) / "paired.json"
-    path.write_text(json.dumps({"a": a_label, "b": b_label, "b_dir": str(b_dir),
+    write_text_atomically(path, json.dumps({"a": a_label, "b": b_label, "b_dir": str(b_dir),
                                 "sets": {name: d.to_dict() for name, d in diffs.items()}}, indent=2) + "\n")
     return path

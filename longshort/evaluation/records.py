@@ -19,6 +19,7 @@ from pathlib import Path
 from longshort.errors import UserError
 from longshort.data import Problem
 from longshort.episode import Episode
+from longshort.paths import append_line
 
 ERROR = "error"  # the outcome of an episode that raised (engine failure, ungradable gold, ...)
 
@@ -103,7 +104,7 @@ class RecordFile:
         return records
 
     def append(self, record: Record) -> None:
-        """One line per record, flushed at once: what is on disk is what a resumed run skips."""
+        """One line per record, fsynced at once (``paths.append_line``): what is on disk is what a resumed
+        run skips; an append is not atomic, and ``load`` drops the torn last line a kill can leave."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+        append_line(self.path, json.dumps(asdict(record), ensure_ascii=False))

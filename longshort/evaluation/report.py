@@ -15,6 +15,7 @@ from typing import Mapping, Sequence, TypeVar
 
 from longshort.evaluation.published import PublishedSystem
 from longshort.evaluation.results import Results
+from longshort.paths import write_text_atomically
 
 SET_TITLES = {"math500": "MATH500", "aime24": "AIME24", "aime25": "AIME25", "amc23": "AMC23",
               "gpqa_diamond": "GPQA-D", "gsm8k": "GSM8K", "gsm8k_train": "GSM8K-train", "heldout": "Held-out"}
@@ -248,5 +249,5 @@ def write_report(out_dir: str | Path, systems: Sequence[Results], published: Seq
         parts += ["", f"## {results.system}", "", f"Models: {models}. Settings: {settings}.", "",
                   details_table(results)]
     path = out_dir / "table.md"
-    path.write_text("\n".join(parts) + "\n")
+    write_text_atomically(path, "\n".join(parts) + "\n")
     return path

@@ -47,6 +47,8 @@ from longshort.evaluation.records import Record, RecordFile
 from longshort.evaluation.report import ordered_sets, write_report
 from longshort.evaluation.results import Results
 from longshort.models import MODEL_ALIASES
+from longshort.paths import write_text_atomically
+from longshort.plain_progress import PlainProgress, on_terminal
 from longshort.registry import ENVS
 from longshort.rollout import RolloutRunner, build_agents, build_engines, build_env_factory
 from longshort.verify import Verifier
@@ -139,8 +141,8 @@ def _claim(out_dir: Path, eval_config: Config, restart: bool) -> None:
             raise EvalError(f"{out_dir} holds records of another evaluation ({', '.join(changed)} differ); "
                             "pass out=<another folder>, or --restart to discard them")
     out_dir.mkdir(parents=True, exist_ok=True)
-    pin.write_text(json.dumps(expected, indent=2) + "\n")
-    (out_dir / "config.yaml").write_text(to_yaml(eval_config))
+    write_text_atomically(pin, json.dumps(expected, indent=2) + "\n")
+    write_text_atomically(out_dir / "config.yaml", to_yaml(eval_config))
 
 
 # ------------------------------------------------------------------------------------------ engines
@@ -201,7 +203,8 @@ class _Run:
     """One evaluation in progress: what plays the episodes and where their records go.
 
     The runner (and so the models) is built on first need: a run whose records are all on disk only
-    re-renders its results, without loading a model.
+    re-renders its results, without loading a model. With ``plain_lines`` (progress asked for, stderr
+    not a terminal) each chunk of ``in_flight`` finished episodes, and the last, prints one plain line.
     """
 
     make_runner: Callable[[], RolloutRunner]
@@ -209,6 +212,7 @@ class _Run:
     in_flight: int
     records_dir: Path
     bar: Progress
+    plain_lines: bool = False
     generated_tokens: int = 0
     seconds: float = 0.0
     _runner: RolloutRunner | None = None
@@ -235,6 +239,7 @@ class _Run:
         scored = [len(kept), sum(r.correct for r in kept)]  # episodes and correct ones, for the bar
         task = self.bar.add_task(name, total=len(wanted), completed=len(kept), acc=_accuracy(*scored), tps="-")
         gate, started, tokens_before = asyncio.Semaphore(self.in_flight), time.perf_counter(), self.generated_tokens
+        lines = PlainProgress(f"eval {name}", len(wanted), len(kept)) if self.plain_lines else None
 
         async def one(problem: Problem, sample: int) -> None:
             async with gate:
@@ -250,6 +255,8 @@ class _Run:
             scored[1] += record.correct
             rate = (self.generated_tokens - tokens_before) / max(time.perf_counter() - started, 1e-9)
             self.bar.update(task, advance=1, acc=_accuracy(*scored), tps=f"{rate:,.0f}")
+            if lines is not None and ((scored[0] - len(kept)) % self.in_flight == 0 or scored[0] == len(wanted)):
+                lines.line(scored[0], f"acc {_accuracy(*scored)}  {rate:,.0f} tok/s")
 
         try:
             await asyncio.gather(*(one(problem, sample) for problem, sample in todo))
@@ -262,7 +269,7 @@ class _Run:
 def _progress(enabled: bool) -> Progress:
     return Progress(TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("acc {task.fields[acc]:>6}"), TextColumn("{task.fields[tps]} tok/s"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled)
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled or not on_terminal())
 
 
 def _accuracy(episodes: int, correct: int) -> str:
@@ -317,7 +324,7 @@ def evaluate(config: Config, problem_sets: Mapping[str, Sequence[Problem]], *, o
 
         with _progress(progress) as bar:
             run = _Run(make_runner, ev.samples, 2 * eval_config.rollout.max_batch_size,
-                       out_dir / "records", bar)
+                       out_dir / "records", bar, plain_lines=progress and not on_terminal())
             model_thread.run(play_all(run))
         results.sets = ordered_sets({**earlier, **played})
         results.generated_tokens, results.generation_seconds = run.generated_tokens, run.seconds

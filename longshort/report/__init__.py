@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from longshort.paths import write_text_atomically
 from longshort.report.collect import ReportError, RunData, load_run
 from longshort.report.render import render
 
@@ -25,7 +26,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, **limits) -
     run = load_run(run_dir)
     path = Path(out) if out is not None else run.path / REPORT_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(run, **limits), encoding="utf-8")
+    write_text_atomically(path, render(run, **limits))
     return path
 
 

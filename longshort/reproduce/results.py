@@ -29,6 +29,7 @@ from longshort.evaluation.records import Record, RecordFile
 from longshort.evaluation.report import comparison_table, markdown_table, plot, row_of, row_of_published
 from longshort.evaluation.results import Results
 from longshort.evaluation.stats import PairedDifference, paired_difference, seed_summary
+from longshort.paths import write_text_atomically
 from longshort.reproduce.tables import HELDOUT, RowSpec, TableSpec
 from longshort.reproduce.timing import where_time_went
 
@@ -312,8 +313,8 @@ def write_table(spec: TableSpec, layout) -> Path:
     parts += [f"{i}. {note}" for i, note in enumerate(notes, start=1)]
     parts += ["", *where_time_went(layout)]
     out = layout.root
-    (out / "table.md").write_text("\n".join(parts) + "\n")
-    (out / "table.json").write_text(json.dumps({
+    write_text_atomically(out / "table.md", "\n".join(parts) + "\n")
+    write_text_atomically(out / "table.json", json.dumps({
         "title": spec.title, "baseline": spec.baseline, "missing": missing,
         "rows": [_row_json(m, by_label, spec, names) for m in rows]}, indent=1) + "\n")
     if measured:

@@ -34,7 +34,9 @@ from typing import Callable
 
 from rich.console import Console
 
+from longshort.errors import UserError
 from longshort.config import ConfigError, load_config
+from longshort.paths import write_text_atomically
 from longshort.reproduce.tables import HELDOUT, RowSpec, TableError, TableSpec, load_table, seed_runs
 from longshort.reproduce.timing import Timings
 
@@ -202,8 +204,7 @@ def run_table(spec: TableSpec, out: Path, *, runner: Callable[[Command, Layout],
         console.print(command.shell(), markup=False, highlight=False)
         seconds = timings.clock(command.key, lambda: runner(command, layout))
         _release()
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"command": command.shell(), "seconds": round(seconds, 1)}) + "\n")
+        write_text_atomically(marker, json.dumps({"command": command.shell(), "seconds": round(seconds, 1)}) + "\n")
     from longshort.reproduce.results import write_table
 
     return write_table(spec, layout)
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
         show_progress_messages()
         table = run_table(spec, out)
-    except (TableError, StepFailed, ConfigError) as err:
+    except (UserError, StepFailed) as err:  # a table, recipe or data file mistake: one line
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

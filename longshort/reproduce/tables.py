@@ -33,13 +33,15 @@ from pathlib import Path
 import yaml
 
 from longshort.config import STEP_SCORES, recipe_dir, resolve_yaml
+from longshort.errors import UserError
+from longshort.paths import read_user_text
 from longshort.registry import did_you_mean
 
 HELDOUT = "heldout"
 REFERENCE = re.compile(r"\{runs\.([A-Za-z0-9_\-]+)\}")
 
 
-class TableError(ValueError):
+class TableError(UserError, ValueError):
     """A table spec that cannot be used; the message is one line and says how to fix it."""
 
 
@@ -147,7 +149,7 @@ def load_table(name_or_path: str) -> TableSpec:
     """The spec of a table name in ``recipes/tables`` or a YAML path, checked (see the module docstring)."""
     path = resolve_table(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_user_text(path)) or {}
     except yaml.YAMLError as err:
         raise TableError(f"table spec {path} is not valid YAML: {' '.join(str(err).split())}") from None
     return parse_table(data, str(path))

@@ -32,6 +32,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from longshort.config import Config
 from longshort.episode import Episode
+from longshort.jsonl import trim_log
+from longshort.paths import append_line
+from longshort.plain_progress import PlainProgress, on_terminal
 
 
 def episode_metrics(episodes: Sequence[Episode], roles: Sequence[str]) -> dict[str, float]:
@@ -68,10 +71,12 @@ def group_metrics(groups: Sequence[Sequence[Episode]], roles: Sequence[str]) -> 
 
 
 class MetricsLogger:
-    """Appends one JSON line per logged step, mirrors it to TensorBoard, and drives a progress bar.
+    """Appends one JSON line per logged step, mirrors it to TensorBoard, and drives a progress bar
+    (off a terminal: one plain line per step, ``longshort.plain_progress``).
 
     On resume, lines and TensorBoard events after the restored step are dropped, so a run killed
-    between a log write and a checkpoint does not end up with a step logged twice. With ``config``
+    between a log write and a checkpoint does not end up with a step logged twice; lines are appended
+    (``paths.append_line``) and a torn last line is dropped there too (``longshort.jsonl.trim_log``). With ``config``
     asking for W&B, each written line also goes there, with a table of the step's episodes (read
     back from ``episodes/step_XXXX.jsonl``, when the trainer saved them).
     """
@@ -84,13 +89,14 @@ class MetricsLogger:
 
         self.out_dir = out_dir
         self.path = out_dir / "metrics.jsonl"
-        self._truncate_after(start_step)
+        trim_log(self.path, start_step)
         self.tracker = tracking.WandbTracker(config, out_dir) if config and tracking.enabled(config) else None
         self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step + 1)
         self.progress = Progress(TextColumn("[bold]RL[/bold] step"), MofNCompleteColumn(), BarColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[summary]}"),
-                                 console=Console(stderr=True), disable=not progress)
+                                 console=Console(stderr=True), disable=not progress or not on_terminal())
         self.task = self.progress.add_task("rl", total=total_steps, completed=start_step, summary="")
+        self.lines = PlainProgress("RL step", total_steps, start_step) if progress and not on_terminal() else None
 
     def __enter__(self) -> "MetricsLogger":
         self.progress.start()
@@ -102,18 +108,10 @@ class MetricsLogger:
         if self.tracker is not None:
             self.tracker.close()
 
-    def _truncate_after(self, step: int) -> None:
-        if not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
-
     def log(self, step: int, metrics: Mapping[str, float | str | list], *, write: bool) -> None:
         """Advance the bar to ``step`` (1-based); with ``write``, append the line and the scalars."""
         if write:
-            with open(self.path, "a") as handle:
-                handle.write(json.dumps({"step": step, **metrics}) + "\n")
+            append_line(self.path, json.dumps({"step": step, **metrics}))
             for key, value in metrics.items():
                 if isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, step)
@@ -121,6 +119,8 @@ class MetricsLogger:
             if self.tracker is not None:
                 self.tracker.log(step, metrics, self.out_dir / "episodes" / f"step_{step:04d}.jsonl")
         self.progress.update(self.task, completed=step, summary=_summary(metrics))
+        if self.lines is not None:
+            self.lines.line(step, _summary(metrics))
 
 
 def _summary(metrics: Mapping[str, float | str | list]) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from longshort.config import Config, ConfigError, WandbConfig
+from longshort.paths import write_text_atomically
 from longshort.report.episodes import read_jsonl, round_robin, view_of_episode
 
 INSTALL_HINT = "pip install 'longshort[wandb]' (or unset logging.wandb.project)"
@@ -50,7 +51,7 @@ class WandbTracker:
         self.run = self.wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group,
                                    name=cfg.name or config.name, tags=list(cfg.tags), mode=cfg.mode, dir=str(out_dir),
                                    id=run_id, resume="allow", config=dataclasses.asdict(config))
-        id_file.write_text(self.run.id + "\n")
+        write_text_atomically(id_file, self.run.id + "\n")  # a resume reads it to continue the same W&B run
 
     @property
     def columns(self) -> list[str]:
