@@ -192,8 +192,9 @@ class SynthesisColdstartConfig:
     chunker: str = _f("rule", "How steps are grouped into thoughts: rule (discourse markers) or llm (the paper's "
                       "prompt, on the teacher; falls back to rule when it fails).", ("rule", "llm"))
     thought_min_steps: int = _f(1, "Rule chunker: a marker starts a new thought only after this many steps.")
-    thought_max_steps: int = _f(2, "Rule chunker: most steps in one thought (fine thoughts: each is scored and "
-                                "placed on its own, and a long turn must fit the long agent's max_new_tokens).")
+    thought_max_steps: int = _f(1, "Rule chunker: most steps in one thought. 1: every step (paragraph) is scored and "
+                                "placed on its own, so a redundant step never rides into a long turn with an "
+                                "important one, and long turns fit the long agent's max_new_tokens.")
     rollouts: int = _f(5, "N: answers sampled after every prefix of thoughts (the paper's Fig. 1: 5; fewer make "
                        "one lucky sample a thought's whole gain).")
     rollout_temperature: float = _f(0.6, "Sampling temperature of the rollouts.")
