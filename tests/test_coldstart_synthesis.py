@@ -75,7 +75,7 @@ def test_chains_file_to_transcripts_with_counts(tmp_path, monkeypatch, capsys):
     assert summary["kept"] == 2 and summary["dropped"] == {"never_reaches_gold": 1, "no_chain": 1}
     assert summary["thoughts"] == {"long": 2, "compressed": 2, "dropped": 3}
     assert summary["turn_caps"] == {"long": 96, "short": 64}  # recipe tiny's agents
-    assert "kept 2; dropped: never_reaches_gold 1, no_chain 1 (thoughts: 2 long, 2 compressed, 3 dropped)" in \
+    assert "kept 2; dropped: never_reaches_gold 1, no_chain 1 (their thoughts: 2 long, 2 compressed, 3 dropped)" in \
         capsys.readouterr().out
     long_rows, short_rows = load_coldstart(paths["long"]), load_coldstart(paths["short"])
     assert [r["id"] for r in short_rows] == ["p0", "p1"] and all(r["role"] == "short" for r in short_rows)

@@ -50,7 +50,6 @@ from longshort.config import Config, SynthesisColdstartConfig
 from longshort.data import Problem
 from longshort.engines import model_thread
 from longshort.engines.base import Engine, SamplingParams
-from longshort.models import load_tokenizer
 from longshort.verify import Verifier
 
 logger = logging.getLogger(__name__)
@@ -337,7 +336,7 @@ def counts_line(rows: Sequence[dict]) -> str:
     counts = Counter(row["status"] for row in rows)
     dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()) if reason != "kept")
     fates = ", ".join(f"{n} {fate}" for fate, n in thought_fates(rows).items())
-    return f"kept {counts.get('kept', 0)}" + (f"; dropped: {dropped}" if dropped else "") + f" (thoughts: {fates})"
+    return f"kept {counts.get('kept', 0)}" + (f"; dropped: {dropped}" if dropped else "") + f" (their thoughts: {fates})"
 
 
 def turn_caps(config: Config) -> tuple[int, int]:
@@ -347,7 +346,10 @@ def turn_caps(config: Config) -> tuple[int, int]:
 
 
 def caps_tokenizer(settings: SynthesisColdstartConfig):
-    """The tokenizer that measures the turns when no teacher is started (re-synthesis only): the teacher's."""
+    """The tokenizer that measures the turns when no teacher is started (re-synthesis only): the teacher's,
+    as when it runs (the shipped recipes' agents are the teacher's model family, so its counts are theirs)."""
+    from longshort.models import load_tokenizer
+
     return load_tokenizer(settings.teacher)
 
 
