@@ -426,6 +426,10 @@ def test_no_transcript_rule_deletes_the_derivation_before_the_first_important_th
     assert "Let me check" not in text and "To sum up" not in text
     if not keep_first:  # the long agent speaks first: the derivation's equation opens its turn
         assert transcript["turns"][0]["text"] == "<think>\n12 + 13 = 25.\n\nThen 25 * 4 = 100 apples.\n</think>"
+    # no thought adds to the no-thinking accuracy: no long thought, the derivation's equations are the long turn
+    flat = {**DERIVED_LATE, "thoughts": [{**t, "score": 0.0} for t in DERIVED_LATE["thoughts"]]}
+    assert asyncio.run(synthesize(flat, config)).transcript["turns"][0]["text"] == (
+        "<think>\nThe question asks for the apples.\n</think>" if keep_first else "<think>\n12 + 13 = 25. 25 * 4 = 100.\n</think>")
 
 
 def test_a_transcript_whose_kept_arithmetic_does_not_lead_to_the_answer_is_dropped():

@@ -4,8 +4,10 @@ The paper builds D_long and D_short "directly from scored thoughts" but its rule
 (reviewers asked how ``</rethink>`` is assigned). The rules here (IMPL-CHOICE):
 
 - A thought's score is its marginal gain ``S_i = (A_i - A_(i-1)) * delta(y_i)`` (``importance``).
-  Important thoughts are those with a positive score: the top ``top_fraction`` of the chain's
-  thoughts by score (at least one), or all with ``S_i >= threshold`` when a threshold is given.
+  Important thoughts are the top ``top_fraction`` of the chain's thoughts by score (at least one),
+  or all with ``S_i >= threshold`` when a threshold is given, and only those with a positive score:
+  a thought that adds nothing to the rollouts' accuracy is never written in full. With none, the
+  long turn holds the derivation's equations alone.
   ``keep_first`` makes the first thought important too (off by default: the chains open with
   restatements, and the derivation is kept without it, below).
 - Important thoughts go verbatim into long turns, ``<think>`` + thoughts + ``</think>``. The others
@@ -14,8 +16,9 @@ The paper builds D_long and D_short "directly from scored thoughts" but its rule
 - Compression (rule, the default) keeps the equations the thoughts state (``3 * 4 = 12``) that repeat
   no earlier equation of the transcript (``equations``): restatements, hesitations and detours state
   none, rechecks, summaries and backwards checks only repeat one, so all of them vanish. A stretch
-  that compresses to nothing is dropped, and the long turns around it join. ``LLMCompressor`` asks
-  a model to rewrite instead and falls back to the rule on bad output.
+  that compresses to nothing is dropped, and the long turns around it join. Prose-only reasoning
+  (no ``a op b = c``) therefore survives only in long turns. ``LLMCompressor`` asks a model to
+  rewrite instead and falls back to the rule on bad output.
 - The derivation is never deleted: the thoughts before the first important one are compressed like
   any other, and since the long agent speaks first, their equations open the first long turn.
 - A chain is used up to its last prefix whose rollouts reach the gold answer (``A_i > 0``); what
