@@ -464,6 +464,10 @@ def test_every_turn_fits_its_agents_max_new_tokens():
                        ).drop == "turn_too_long"  # a step longer than the cap cannot be split further
     assert asyncio.run(synthesize(record, SynthesisConfig(top_fraction=1.0), caps=TurnCaps.of(tok, cap, 8))
                        ).drop == "turn_too_long"  # nor can the final short turn
+    # six turns and their tokens must also fit what an episode allows
+    for max_turns, max_tokens in ((5, None), (None, sum(caps.count(t["text"]) for t in turns) - 1)):
+        assert asyncio.run(synthesize(record, SynthesisConfig(top_fraction=1.0), caps=TurnCaps.of(
+            tok, cap, 64, max_turns, max_tokens))).drop == "episode_too_long"
 
 
 def test_entropy_analysis_ranks_steps_by_each_chosen_score_and_keeps_its_chains(tiny_dir, tmp_path, monkeypatch):

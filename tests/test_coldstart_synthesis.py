@@ -74,7 +74,7 @@ def test_chains_file_to_transcripts_with_counts(tmp_path, monkeypatch, capsys):
     summary = json.loads((out / coldstart_builder.SUMMARY_FILE).read_text())
     assert summary["kept"] == 2 and summary["dropped"] == {"never_reaches_gold": 1, "no_chain": 1}
     assert summary["thoughts"] == {"long": 2, "compressed": 2, "dropped": 3}
-    assert summary["turn_caps"] == {"long": 96, "short": 64}  # recipe tiny's agents
+    assert summary["turn_caps"] == {"long": 96, "short": 64, "turns": 4, "total": 384}  # recipe tiny's
     assert "kept 2; dropped: never_reaches_gold 1, no_chain 1 (their thoughts: 2 long, 2 compressed, 3 dropped)" in \
         capsys.readouterr().out
     long_rows, short_rows = load_coldstart(paths["long"]), load_coldstart(paths["short"])
@@ -196,12 +196,15 @@ class OracleTeacher:
         return Generation(ids, [-0.1] * len(ids), text, "stop", "}$")
 
 
-@pytest.mark.parametrize("recipe", ["tiny", "longshort_longcot_tiny"])
+# (recipe, problems whose transcript may not fit an episode): recipe tiny's 96-token long turns need two
+# splits, hence 6 turns (its episodes allow 4), for some 3-step chains under the tiny test tokenizer
+@pytest.mark.parametrize("recipe, too_long", [("longshort_longcot_tiny", 0), ("tiny", 0.3)])
 def test_on_the_written_long_chains_the_synthesis_keeps_the_gold_steps_and_drops_the_redundancy(
-        tmp_path, monkeypatch, recipe):
+        tmp_path, monkeypatch, recipe, too_long):
     """Issue 27's bar: every gold step kept (verbatim in a long turn, or its equation in a short one), at
-    least 90% of the redundant steps dropped, every turn within its agent's max_new_tokens (counted with
-    the tiny test tokenizer, which needs ~1.6x SmolLM2's tokens for this text), the right final answer."""
+    least 90% of the redundant steps dropped, every turn within its agent's max_new_tokens and the whole
+    within an episode's turns and tokens (counted with the tiny test tokenizer, which needs ~1.6x
+    SmolLM2's tokens for this text), the right final answer."""
     from longshort.data import load_problems
 
     problems = load_problems("synthetic:train", limit=48, min_steps=1, max_steps=3, seed=5)
@@ -214,7 +217,9 @@ def test_on_the_written_long_chains_the_synthesis_keeps_the_gold_steps_and_drops
     teacher = OracleTeacher(tok, chains, {p.id: p.prompt for p in problems}, config.sft.synthesis.rollouts)
     monkeypatch.setattr(coldstart_builder, "teacher_engine", lambda s, seed: teacher)
     transcripts, summary = coldstart_builder.build(config, problems, tmp_path / "out")
-    assert summary["kept"] == len(problems) and not summary["dropped"]
+    assert set(summary["dropped"]) <= {"episode_too_long"}
+    assert summary["dropped"].get("episode_too_long", 0) <= too_long * len(problems)
+    assert summary["kept"] + sum(summary["dropped"].values()) == len(problems) and summary["kept"] == len(transcripts)
 
     caps = {"long": config.agents["long"].sampling.max_new_tokens, "short": config.agents["short"].sampling.max_new_tokens}
     gold_kept = gold = redundant_dropped = redundant = 0
@@ -231,8 +236,9 @@ def test_on_the_written_long_chains_the_synthesis_keeps_the_gold_steps_and_drops
                 redundant_dropped += step not in long_text and step not in short_text
         stated = {e.key for e in equations(long_text + short_text)}
         assert stated <= {e.key for s, k in zip(chain.steps, chain.kinds) if k == "gold" for e in equations(s)}
-        assert all(len(tok.encode(t["text"], add_special_tokens=False)) + 1 <= caps[t["role"]]
-                   for t in transcript["turns"])
+        lengths = [len(tok.encode(t["text"], add_special_tokens=False)) + 1 for t in transcript["turns"]]
+        assert all(n <= caps[t["role"]] for n, t in zip(lengths, transcript["turns"]))
+        assert len(lengths) <= config.env.max_turns and sum(lengths) <= config.env.max_total_tokens
         assert transcript["turns"][-1]["text"].endswith(f"\\boxed{{{chain.answer}}}.\n</answer>")
         assert check_transcript(transcript["turns"]) == []
     assert gold_kept == gold and redundant_dropped >= 0.9 * redundant

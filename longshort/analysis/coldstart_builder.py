@@ -14,7 +14,8 @@ this module runs them per problem with the settings of ``sft.synthesis``:
    prefix of thoughts (``importance``);
 4. the transcript: important thoughts verbatim in long turns, the rest compressed to their equations
    in short turns, every turn within its agent's ``max_new_tokens`` (the recipe's
-   ``agents.<role>.sampling``, counted with the teacher's tokenizer), the kept arithmetic consistent
+   ``agents.<role>.sampling``, counted with the teacher's tokenizer) and the whole within an episode's
+   ``env.max_turns`` and ``env.max_total_tokens``, the kept arithmetic consistent
    with the gold answer, checked with the agents' own format checks (``synthesis``).
 
 Every problem ends in one line of ``synthesis_progress.jsonl`` (kept with its transcript, or dropped
@@ -65,6 +66,8 @@ DROP_REASONS = {
     "unsegmentable": "the teacher's tokenizer does not round-trip its chain, so it cannot be cut into steps",
     "never_reaches_gold": "no prefix of its thoughts leads the rollouts to the gold answer",
     "turn_too_long": "a step it must keep does not fit its agent's max_new_tokens",
+    "episode_too_long": "its transcript has more turns or tokens than an episode allows (env.max_turns, "
+                        "env.max_total_tokens)",
     "inconsistent": "its kept arithmetic does not lead to the gold answer",
     "format": "a synthesised turn fails its agent's format check",
 }
@@ -254,7 +257,7 @@ def read_progress(path: Path) -> dict[str, dict]:
 
 # Settings that only decide how scored thoughts become a transcript: changing them re-synthesises the
 # transcripts from the thoughts and scores each progress line keeps, with no new chains or rollouts.
-# ``turn_caps`` (the agents' max_new_tokens) and ``scoring`` (importance.SCORING) are not sft.synthesis
+# ``turn_caps`` (the agents' max_new_tokens, the episode's turns and tokens) and ``scoring`` (importance.SCORING) are not sft.synthesis
 # settings but decide the transcripts as much. A settings file without a key was written before it
 # existed (or before its default changed): _BEFORE holds the rule of that time.
 TRANSCRIPT_RULES = ("top_fraction", "threshold", "max_chars", "compressor", "keep_first", "end_at", "turn_caps",
@@ -339,10 +342,12 @@ def counts_line(rows: Sequence[dict]) -> str:
     return f"kept {counts.get('kept', 0)}" + (f"; dropped: {dropped}" if dropped else "") + f" (their thoughts: {fates})"
 
 
-def turn_caps(config: Config) -> tuple[int, int]:
-    """(long, short) agents' ``max_new_tokens``: the first agent is the long one (as ``synthesis_coldstart``)."""
+def turn_caps(config: Config) -> tuple[int, int, int, int]:
+    """(long, short) agents' ``max_new_tokens`` (the first agent is the long one, as ``synthesis_coldstart``),
+    then the episode's ``env.max_turns`` and ``env.max_total_tokens``."""
     long_role, short_role = list(config.agents)[:2]
-    return (config.agents[long_role].sampling.max_new_tokens, config.agents[short_role].sampling.max_new_tokens)
+    return (config.agents[long_role].sampling.max_new_tokens, config.agents[short_role].sampling.max_new_tokens,
+            config.env.max_turns, config.env.max_total_tokens)
 
 
 def caps_tokenizer(settings: SynthesisColdstartConfig):
@@ -388,7 +393,7 @@ def build(config: Config, problems: Sequence[Problem], out_dir: Path, *, engine:
     rows = [done[p.id] for p in problems if p.id in done]
     summary = {"problems": len(rows), "kept": sum(r["status"] == "kept" for r in rows),
                "dropped": dict(sorted(Counter(r["status"] for r in rows if r["status"] != "kept").items())),
-               "thoughts": thought_fates(rows), "turn_caps": {"long": caps[0], "short": caps[1]},
+               "thoughts": thought_fates(rows), "turn_caps": dict(zip(("long", "short", "turns", "total"), caps)),
                "teacher": settings.teacher, "engine": settings.engine, "chains": settings.chains}
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     line = f"cold start (synthesis): {counts_line(rows)} (of {len(rows)} problems)"

@@ -30,7 +30,8 @@ The paper builds D_long and D_short "directly from scored thoughts" but its rule
   tokenizer, one token kept for the end of the turn). A long turn that does not fit is split at its
   thoughts, and a thought that does not fit alone at its steps (blank lines), with a short
   ``Continue.`` hand-back between the parts; a step or a short turn that still does not fit drops
-  the transcript (``turn_too_long``).
+  the transcript (``turn_too_long``), and so does one with more turns or tokens than an episode
+  allows (``episode_too_long``): SFT must not teach what the cap cuts off.
 - The kept arithmetic must lead to the gold answer (``equations.inconsistency``), else the
   transcript is dropped (``inconsistent``); the final turn states the gold answer, so no transcript
   teaches a wrong result, and none states one its kept steps do not derive.
@@ -112,19 +113,22 @@ class SynthesisConfig:
 
 @dataclass(frozen=True)
 class TurnCaps:
-    """Each agent's ``max_new_tokens`` and the tokenizer's count of a turn's tokens."""
+    """Each agent's ``max_new_tokens``, the episode's turn cap and token budget (``env.max_turns``,
+    ``env.max_total_tokens``; None: unbounded), and the tokenizer's count of a turn's tokens."""
 
     count: Callable[[str], int]
     long: int
     short: int
+    turns: int | None = None
+    total: int | None = None
 
     @classmethod
-    def of(cls, tokenizer, long: int, short: int) -> "TurnCaps":
-        return cls(lambda text: len(tokenizer.encode(text, add_special_tokens=False)) + 1, long, short)
+    def of(cls, tokenizer, long: int, short: int, turns: int | None = None, total: int | None = None) -> "TurnCaps":
+        return cls(lambda text: len(tokenizer.encode(text, add_special_tokens=False)) + 1, long, short, turns, total)
 
 
 # Why a scored chain gives no transcript here (coldstart_builder.DROP_REASONS describes them).
-DROPS = ("never_reaches_gold", "turn_too_long", "inconsistent")
+DROPS = ("never_reaches_gold", "turn_too_long", "episode_too_long", "inconsistent")
 
 
 @dataclass
@@ -289,11 +293,15 @@ async def synthesize(record: Mapping, config: SynthesisConfig = SynthesisConfig(
             lines = "\n".join(line for line in (body, final) if line)
             turns.append({"role": "short", "text": f"<answer>\n{lines}\n</answer>"})
     if caps is not None:
-        for turn in turns:
+        lengths = [caps.count(turn["text"]) for turn in turns]
+        for turn, length in zip(turns, lengths):
             cap = caps.long if turn["role"] == "long" else caps.short
-            if caps.count(turn["text"]) > cap:
-                return Synthesis(None, "turn_too_long", f"a {turn['role']} turn of {caps.count(turn['text'])} tokens "
-                                 f"exceeds the agent's max_new_tokens {cap}", fate)
+            if length > cap:
+                return Synthesis(None, "turn_too_long", f"a {turn['role']} turn of {length} tokens exceeds the "
+                                 f"agent's max_new_tokens {cap}", fate)
+        if (caps.turns is not None and len(turns) > caps.turns) or (caps.total is not None and sum(lengths) > caps.total):
+            return Synthesis(None, "episode_too_long", f"{len(turns)} turns, {sum(lengths)} tokens: over the "
+                             f"episode's {caps.turns} turns / {caps.total} tokens", fate)
     return Synthesis({"id": str(record["id"]), "question": question, "answer": gold, "turns": turns}, thoughts=fate)
 
 
