@@ -429,7 +429,8 @@ def test_no_transcript_rule_deletes_the_derivation_before_the_first_important_th
     # no thought adds to the no-thinking accuracy: no long thought, the derivation's equations are the long turn
     flat = {**DERIVED_LATE, "thoughts": [{**t, "score": 0.0} for t in DERIVED_LATE["thoughts"]]}
     assert asyncio.run(synthesize(flat, config)).transcript["turns"][0]["text"] == (
-        "<think>\nThe question asks for the apples.\n</think>" if keep_first else "<think>\n12 + 13 = 25. 25 * 4 = 100.\n</think>")
+        "<think>\nThe question asks for the apples.\n</think>" if keep_first
+        else "<think>\n12 + 13 = 25. 25 * 4 = 100.\n</think>")
 
 
 def test_a_transcript_whose_kept_arithmetic_does_not_lead_to_the_answer_is_dropped():
@@ -441,7 +442,8 @@ def test_a_transcript_whose_kept_arithmetic_does_not_lead_to_the_answer_is_dropp
     wrong = {**DERIVED_LATE, "answer": "101"}  # the kept steps give 100
     assert asyncio.run(synthesize(wrong)).drop == "inconsistent"
     assert inconsistency("x - 2 = 3. So x = 5.", "Find x when x - 2 = 3.", "5") is None
-    assert inconsistency("25 * 4 = 100.", "12 apples and 13 more, four times?", "100").startswith("25 * 4 = 100 uses 25")
+    assert inconsistency("25 * 4 = 100.", "12 apples and 13 more, four times?", "100").startswith(
+        "25 * 4 = 100 uses 25")
     assert inconsistency("It is seven.", "Q?", "7") == "nothing kept states the answer 7"
 
 

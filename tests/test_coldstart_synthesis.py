@@ -221,7 +221,7 @@ def test_on_the_written_long_chains_the_synthesis_keeps_the_gold_steps_and_drops
     assert summary["dropped"].get("episode_too_long", 0) <= too_long * len(problems)
     assert summary["kept"] + sum(summary["dropped"].values()) == len(problems) and summary["kept"] == len(transcripts)
 
-    caps = {"long": config.agents["long"].sampling.max_new_tokens, "short": config.agents["short"].sampling.max_new_tokens}
+    caps = {role: config.agents[role].sampling.max_new_tokens for role in ("long", "short")}
     gold_kept = gold = redundant_dropped = redundant = 0
     for transcript in transcripts:
         chain = chains[transcript["id"]]
@@ -278,7 +278,8 @@ def test_smollm2_teacher_on_synthetic_problems(tmp_path):
     assert summary["problems"] == len(progress) == 8 and summary["kept"] + sum(summary["dropped"].values()) == 8
     assert all(row["chain"] == "teacher" and row["chain_tokens"] > 0 for row in progress)
     scored = [row for row in progress if "scores" in row]
-    assert scored and all(-1 <= s <= 1 and 0 <= a <= 1 for row in scored for s, a in zip(row["scores"], row["accuracy"]))
+    assert scored and all(-1 <= s <= 1 and 0 <= a <= 1
+                          for row in scored for s, a in zip(row["scores"], row["accuracy"]))
     if paths is not None:
         assert all(r["turns"][-1]["text"].endswith("</answer>") for r in load_coldstart(paths["short"]))
 

@@ -234,7 +234,8 @@ async def transcript_fields(scored: dict, settings: SynthesisColdstartConfig, co
                                                       settings.keep_first, settings.end_at), compressor, caps)
     fields = {"thought_fates": result.thoughts}
     if result.transcript is None:
-        return {**fields, "status": result.drop, "transcript": None, **({"why": result.detail} if result.detail else {})}
+        why = {"why": result.detail} if result.detail else {}
+        return {**fields, "status": result.drop, "transcript": None, **why}
     problems = check_transcript(result.transcript["turns"])
     if problems:
         return {**fields, "status": "format", "format_problems": problems, "transcript": None}
@@ -257,8 +258,8 @@ def read_progress(path: Path) -> dict[str, dict]:
 
 # Settings that only decide how scored thoughts become a transcript: changing them re-synthesises the
 # transcripts from the thoughts and scores each progress line keeps, with no new chains or rollouts.
-# ``turn_caps`` (the agents' max_new_tokens, the episode's turns and tokens) and ``scoring`` (importance.SCORING) are not sft.synthesis
-# settings but decide the transcripts as much. A settings file without a key was written before it
+# ``turn_caps`` (the agents' max_new_tokens, the episode's turns and tokens) and ``scoring``
+# (importance.SCORING) are not sft.synthesis settings but decide the transcripts as much. A settings file without a key was written before it
 # existed (or before its default changed): _BEFORE holds the rule of that time.
 TRANSCRIPT_RULES = ("top_fraction", "threshold", "max_chars", "compressor", "keep_first", "end_at", "turn_caps",
                     "scoring")
@@ -339,7 +340,8 @@ def counts_line(rows: Sequence[dict]) -> str:
     counts = Counter(row["status"] for row in rows)
     dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()) if reason != "kept")
     fates = ", ".join(f"{n} {fate}" for fate, n in thought_fates(rows).items())
-    return f"kept {counts.get('kept', 0)}" + (f"; dropped: {dropped}" if dropped else "") + f" (their thoughts: {fates})"
+    return (f"kept {counts.get('kept', 0)}" + (f"; dropped: {dropped}" if dropped else "")
+            + f" (their thoughts: {fates})")
 
 
 def turn_caps(config: Config) -> tuple[int, int, int, int]:

@@ -63,7 +63,8 @@ def equations(text: str) -> list[Equation]:
         operands = tuple(n for n in (number(m) for m in _OPERAND.findall(match.group("lhs"))) if n is not None)
         result = number(match.group("rhs"))
         if result is not None and operands:
-            found.append(Equation(f"{match.group('lhs').strip()} = {match.group('rhs').rstrip(',.')}", operands, result))
+            text = f"{match.group('lhs').strip()} = {match.group('rhs').rstrip(',.')}"
+            found.append(Equation(text, operands, result))
     return found
 
 

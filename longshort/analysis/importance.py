@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     from longshort.analysis import cli_common as common
 
     parser = argparse.ArgumentParser(prog="python -m longshort.analysis.importance", description=(
-        "Monte Carlo thought importance: A_i, its gain over the previous prefix, delta(y_i) and S_i per thought (a reconstruction, see the "
-        "module docstring). Writes scores.jsonl and importance.png."))
+        "Monte Carlo thought importance: A_i, its gain over the previous prefix, delta(y_i) and S_i per "
+        "thought (our reading of the paper, see the module docstring). Writes scores.jsonl and importance.png."))
     parser.add_argument("--chunks", help="JSONL from `python -m longshort.analysis.chunk`; default: the model's own "
                                          "chains for the chosen problems, grouped by the rule chunker")
     parser.add_argument("--out", default="runs/importance", help="output directory")

@@ -218,8 +218,7 @@ def pack(pieces: Sequence[str], caps: TurnCaps | None) -> list[str] | None:
 async def synthesize(record: Mapping, config: SynthesisConfig = SynthesisConfig(),
                      compressor: Compressor | None = None, caps: TurnCaps | None = None) -> Synthesis:
     """A transcript ``{"id", "question", "answer", "turns"}`` from a scored record (the rows of
-    ``importance``'s ``scores.jsonl``), or the reason for none. ``caps`` None: turns are not measured
-    (the command line without a tokenizer)."""
+    ``importance``'s ``scores.jsonl``), or the reason for none. ``caps`` None: turns are not measured."""
     every = record["thoughts"]
     end = cut_end([t["accuracy"] for t in every], config.end_at)
     if end is None:
@@ -258,7 +257,7 @@ async def synthesize(record: Mapping, config: SynthesisConfig = SynthesisConfig(
         return Synthesis(None, "inconsistent", why, fate)
 
     # the derivation before the first long stretch opens it (the long agent speaks first)
-    if segments and segments[0][0] == "short":
+    if segments[0][0] == "short":
         derivation = segments.pop(0)[1]
         if segments:
             segments[0] = ("long", [derivation, *segments[0][1]] if derivation else segments[0][1])
@@ -299,7 +298,8 @@ async def synthesize(record: Mapping, config: SynthesisConfig = SynthesisConfig(
             if length > cap:
                 return Synthesis(None, "turn_too_long", f"a {turn['role']} turn of {length} tokens exceeds the "
                                  f"agent's max_new_tokens {cap}", fate)
-        if (caps.turns is not None and len(turns) > caps.turns) or (caps.total is not None and sum(lengths) > caps.total):
+        if ((caps.turns is not None and len(turns) > caps.turns)
+                or (caps.total is not None and sum(lengths) > caps.total)):
             return Synthesis(None, "episode_too_long", f"{len(turns)} turns, {sum(lengths)} tokens: over the "
                              f"episode's {caps.turns} turns / {caps.total} tokens", fate)
     return Synthesis({"id": str(record["id"]), "question": question, "answer": gold, "turns": turns}, thoughts=fate)
