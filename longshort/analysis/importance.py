@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--answer-tokens", type=int, default=32, help="token budget of each rollout's answer")
     parser.add_argument("--chain-tokens", type=int, default=256, help="token budget of a generated chain")
-    parser.add_argument("--thought-steps", type=int, default=2, help="steps per thought for generated chains")
+    parser.add_argument("--thought-steps", type=int, default=1, help="steps per thought for generated chains "
+                        "(as sft.synthesis.thought_max_steps)")
     parser.add_argument("--decay", choices=DECAYS, default="exp")
     parser.add_argument("--lam", type=float, default=1.0, help="rate of the exp decay")
     common.add_model_args(parser)
