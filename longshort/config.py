@@ -202,23 +202,29 @@ class SynthesisColdstartConfig:
     chain_temperature: float = _f(0.6, "Sampling temperature of the chains (R1's recommended 0.6).")
     chunker: str = _f("rule", "How steps are grouped into thoughts: rule (discourse markers) or llm (the paper's "
                       "prompt, on the teacher; falls back to rule when it fails).", ("rule", "llm"))
-    thought_min_steps: int = _f(2, "Rule chunker: a marker starts a new thought only after this many steps.")
-    thought_max_steps: int = _f(12, "Rule chunker: most steps in one thought.")
-    rollouts: int = _f(5, "N: answers sampled after every prefix of thoughts (the paper's Fig. 1: 5).")
+    thought_min_steps: int = _f(1, "Rule chunker: a marker starts a new thought only after this many steps.")
+    thought_max_steps: int = _f(1, "Rule chunker: most steps in one thought. 1: every step (paragraph) is scored and "
+                                "placed on its own, so a redundant step never rides into a long turn with an "
+                                "important one, and long turns fit the long agent's max_new_tokens.")
+    rollouts: int = _f(5, "N: answers sampled after every prefix of thoughts (the paper's Fig. 1: 5; fewer make "
+                       "one lucky sample a thought's whole gain).")
     rollout_temperature: float = _f(0.6, "Sampling temperature of the rollouts.")
     answer_tokens: int = _f(512, "Token budget of one rollout's answer after </think>.")
-    decay: str = _f("exp", "delta(y_i) of the importance score S_i = A_i * delta(y_i).", ("exp", "linear"))
+    decay: str = _f("exp", "delta(y_i) of the importance score S_i = (A_i - A_(i-1)) * delta(y_i), A_0 the "
+                    "no-thinking accuracy (our reading of the paper).", ("exp", "linear"))
     lam: float = _f(1.0, "Rate of the exp decay.")
-    top_fraction: float = _f(0.3, "Share of a chain's thoughts (highest S_i) the long agent writes in full.")
-    threshold: Optional[float] = _f(None, "Instead of top_fraction: thoughts with S_i >= threshold are the long agent's.")
-    max_chars: int = _f(300, "Rule compressor: characters per short turn.")
-    keep_first: bool = _f(True, "The first thought (problem understanding) is always the long agent's; false: the "
-                          "thoughts before the first important one are left out.")
+    top_fraction: float = _f(0.3, "Share of a chain's thoughts (highest S_i, positive only) the long agent writes "
+                             "in full.")
+    threshold: Optional[float] = _f(None, "Instead of top_fraction: thoughts with S_i >= threshold (and > 0) are the "
+                                    "long agent's.")
+    max_chars: int = _f(300, "compressor=llm: longest rewrite accepted (else the rule's equations are used).")
+    keep_first: bool = _f(False, "The first thought is always the long agent's too. Either way the equations of the "
+                          "thoughts before the first important one open the first long turn (never deleted).")
     end_at: str = _f("last", "Where a chain is cut: at its last prefix whose rollouts reach the gold answer, or at "
-                     "the first (what follows, re-checks and summaries, is left out instead of compressed).",
+                     "the first with the chain's best accuracy (what follows is left out instead of compressed).",
                      SYNTHESIS_END_AT)
-    compressor: str = _f("rule", "How the short agent's turns are compressed: rule, or llm (the teacher rewrites).",
-                         ("rule", "llm"))
+    compressor: str = _f("rule", "How the short agent's turns are compressed: rule (the equations the thoughts state "
+                         "that repeat no earlier one), or llm (the teacher rewrites).", ("rule", "llm"))
     batch_problems: int = _f(16, "Problems processed together; progress is saved after each batch (resumable).")
     max_batch_size: int = _f(32, "hf engine: most sequences decoded at once.")
     tensor_parallel_size: int = _f(1, "vllm engine: GPUs per teacher engine.")

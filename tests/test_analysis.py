@@ -19,14 +19,16 @@ from agents import LongThoughtAgent, ShortThoughtAgent
 from longshort.analysis.chains import Chain, ChainFormat
 from longshort.analysis.chunking import (Block, LLMChunker, RuleChunker, blocks_from_json, chunk_prompt,
                                          parse_blocks, thoughts_from_blocks, validate_blocks)
-from longshort.analysis.importance import decay, score_thoughts
+from longshort.analysis.importance import decay, rescore, score_thoughts
 from longshort.analysis.lenient_json import loads
 from longshort.analysis.pruning import (SCORES, SKIP, answer_after_pruning, prune_count, prune_text, select_steps,
                                         summarise)
 from longshort.analysis.scoring import OPENER_TOKENS, entropy_bits, step_entropies, stepwise_token_entropies, token_entropies
 from longshort.analysis.skip import sft_examples
 from longshort.analysis.steps import StepSegmenter, segment_text, thinking_text
-from longshort.analysis.synthesis import SynthesisConfig, check_transcript, important_thoughts, runs, synthesize
+from longshort.analysis.equations import inconsistency
+from longshort.analysis.synthesis import (SynthesisConfig, TurnCaps, check_transcript, important_thoughts, runs,
+                                          synthesize)
 from longshort.engines.base import Generation, SamplingParams
 from longshort.engines.hf import HFEngine
 from longshort.episode import Episode, Outcome, Turn
@@ -337,70 +339,137 @@ def _coldstart_scores(config, problems, tmp_path, score: str) -> dict[str, list[
 # --------------------------------------------------------------------------- importance, synthesis
 
 
-def test_importance_scores_are_bounded_and_follow_the_rollouts():
+def test_importance_scores_each_thought_by_its_marginal_gain_over_the_prefix_before():
     tok = tiny_tokenizer()
-    # prefixes: empty, T1, T1+T2 -- 2 rollouts each, answered in that order
-    engine = ScriptedEngine(tok, ["4}$", "4}$", "5}$", "4}$", "5}$", "5}$"])
+    # prefixes: empty, T1, T1+T2, T1+T2+T3 -- 2 rollouts each, answered in that order
+    engine = ScriptedEngine(tok, ["5}$", "4}$", "5}$", "4}$", "5}$", "5}$", "5}$", "5}$"])
     fmt = ChainFormat(answer_prefix="The final answer is $\\boxed{")
-    result = asyncio.run(score_thoughts(engine, "p", "Q?", "5", ["Add 2 and 3.\n\n", "So 5."], n_rollouts=2,
-                                        sampling=SamplingParams(), verifier=Verifier(fallbacks=False), fmt=fmt))
-    assert result.baseline == 0.0
-    assert [t.accuracy for t in result.thoughts] == [0.5, 1.0]
+    result = asyncio.run(score_thoughts(engine, "p", "Q?", "5", ["Restate.\n\n", "Add 2 and 3.\n\n", "So 5."],
+                                        n_rollouts=2, sampling=SamplingParams(), verifier=Verifier(fallbacks=False),
+                                        fmt=fmt))
+    assert result.baseline == 0.5  # A_0, no thinking: one of two right
+    assert [t.accuracy for t in result.thoughts] == [0.5, 1.0, 1.0]  # the raw A_i are kept
+    # the restatement adds nothing over A_0, the step adds 0.5, the summary after it nothing
+    # (the cumulative A_i * delta would credit all three, the summary as much as the step)
+    assert [t.gain for t in result.thoughts] == [0.0, 0.5, 0.0]
     for t in result.thoughts:
-        assert 0.0 <= t.score <= t.accuracy <= 1.0 and t.score == pytest.approx(t.accuracy * t.decay)
+        assert t.score == pytest.approx(t.gain * t.decay) and abs(t.score) <= abs(t.gain) <= 1.0
+    assert [t.score > 0 for t in result.thoughts] == [False, True, False]
+    old = {**result.to_dict(), "thoughts": [{k: v for k, v in t.items() if k != "gain"} | {"score": t["accuracy"]}
+                                            for t in result.to_dict()["thoughts"]]}
+    assert rescore(old) == result.to_dict()  # a line scored the old way is re-scored from its raw A_i
     assert result.thoughts[-1].decay == pytest.approx(math.exp(-1))
     assert decay(10, 10, "linear") == 0.0 and decay(0, 10, "linear") == 1.0
-    assert tok.decode(engine.prompts[4]).endswith("Add 2 and 3.\n\nSo 5.\n</think>\n\nThe final answer is $\\boxed{")
+    assert tok.decode(engine.prompts[6]).endswith("Add 2 and 3.\n\nSo 5.\n</think>\n\nThe final answer is $\\boxed{")
+
+
+def thoughts_of(*rows: tuple[str, float, float]) -> list[dict]:
+    """Scored thoughts (text, A_i, S_i = the gain) as ``importance`` writes them."""
+    return [{"text": text, "accuracy": accuracy, "score": score} for text, accuracy, score in rows]
 
 
 def test_synthesis_alternates_roles_and_passes_the_agents_format_checks():
-    record = {"id": "p", "question": "Q?", "answer": "5", "thoughts": [
-        {"text": "<think>\nUnderstand: 2 apples, then 3 more.", "score": 0.9, "accuracy": 0.9},
-        {"text": "Hmm, wait. Let me recount: 2 + 3 = 5.", "score": 0.1, "accuracy": 0.8},
-        {"text": "Key step: x < 3 fails, so use 5.", "score": 0.7, "accuracy": 1.0},
-        {"text": "Check again. 5 - 3 = 2. Fine.", "score": 0.2, "accuracy": 1.0}]}
+    record = {"id": "p", "question": "2 apples and 3 more, then four times as many, then 6 eaten?", "answer": "14",
+              "thoughts": thoughts_of(
+                  ("<think>\nUnderstand: 2 apples, then 3 more.", 0.0, 0.0),
+                  ("So 2 + 3 = 5 apples.", 0.2, 0.2),
+                  ("Hmm, wait. Let me recount: 2 + 3 = 5.", 0.2, 0.0),
+                  ("Four times that: 5 * 4 = 20.", 0.2, 0.0),
+                  ("Key step: 20 - 6 = 14 left.", 1.0, 0.8),
+                  ("Check again. 14 + 6 = 20. Fine.", 1.0, 0.0))}
     assert runs({0, 2}, 4) == [(True, [0]), (False, [1]), (True, [2]), (False, [3])]
-    assert important_thoughts([0.1, 0.9, 0.2], SynthesisConfig(top_fraction=0.3)) == {0, 1}
-    assert important_thoughts([0.1, 0.9, 0.2], SynthesisConfig(threshold=0.15)) == {0, 1, 2}
-    transcript = asyncio.run(synthesize(record))
-    roles = [t["role"] for t in transcript["turns"]]
-    assert roles == ["long", "short", "long", "short"]
+    assert important_thoughts([0.0, 0.5, 0.2], SynthesisConfig(top_fraction=0.3)) == {1}
+    assert important_thoughts([0.0, 0.5, 0.2], SynthesisConfig(top_fraction=0.3, keep_first=True)) == {0, 1}
+    assert important_thoughts([0.0, 0.5, 0.2], SynthesisConfig(threshold=0.15)) == {1, 2}
+    assert important_thoughts([0.0, -0.2, 0.0], SynthesisConfig(top_fraction=1.0)) == set()  # no gain, no long turn
+    transcript = asyncio.run(synthesize(record)).transcript
+    assert [t["text"] for t in transcript["turns"]] == [
+        "<think>\nSo 2 + 3 = 5 apples.\n</think>",
+        "<answer>\n5 * 4 = 20.\n</rethink>",  # the recount repeats 2 + 3 = 5: gone
+        "<think>\nKey step: 20 - 6 = 14 left.\n</think>",
+        "<answer>\nThe final answer is \\boxed{14}.\n</answer>"]  # the backwards check repeats 20 - 6 = 14
     assert check_transcript(transcript["turns"]) == []
     long_agent, short_agent = LongThoughtAgent("long"), ShortThoughtAgent("short")
     assert long_agent.check_format(transcript["turns"][0]["text"], "stop").kind == "think"
     assert short_agent.check_format(transcript["turns"][1]["text"], "stop").kind == "handback"
     assert short_agent.check_format(transcript["turns"][-1]["text"], "stop").kind == "final"
-    assert "\\boxed{5}" in transcript["turns"][-1]["text"] and "<think>\nUnderstand" in transcript["turns"][0]["text"]
+    assert asyncio.run(synthesize(record)).thoughts == {"long": 2, "compressed": 1, "dropped": 3}
     # a chain ending on an important thought still gets a final short answer
-    record["thoughts"][3]["score"] = 0.95
-    ending = asyncio.run(synthesize(record))
+    record["thoughts"][5]["score"] = 0.95
+    ending = asyncio.run(synthesize(record)).transcript
     assert [t["role"] for t in ending["turns"]][-2:] == ["long", "short"] and check_transcript(ending["turns"]) == []
-    record["thoughts"][3]["accuracy"] = 0.0  # the last thought leads away from the answer: dropped
-    cut = asyncio.run(synthesize(record))  # 3 thoughts left: the top 30% is thought 0 alone
-    assert [t["role"] for t in cut["turns"]] == ["long", "short"] and "5" in cut["turns"][1]["text"]
-    assert "Check again" not in "".join(t["text"] for t in cut["turns"]) and check_transcript(cut["turns"]) == []
     for thought in record["thoughts"]:
         thought["accuracy"] = 0.0  # never reaches the gold answer: no transcript
-    assert asyncio.run(synthesize(record)) is None
+    assert asyncio.run(synthesize(record)).drop == "never_reaches_gold"
 
 
-def test_synthesis_can_leave_out_what_precedes_the_first_important_thought_and_follows_the_first_right_prefix():
-    record = {"id": "p", "question": "Q?", "answer": "5", "thoughts": [
-        {"text": "The question asks for the apples.", "score": 0.0, "accuracy": 0.0},
-        {"text": "So 2 + 3 = 5 apples.", "score": 0.8, "accuracy": 1.0},
-        {"text": "Let me check: 5 - 3 = 2. Yes.", "score": 0.4, "accuracy": 1.0},
-        {"text": "To sum up: 2 + 3 = 5.", "score": 0.3, "accuracy": 1.0}]}
-    default = asyncio.run(synthesize(record))  # thought 0 always the long agent's, cut at the last right prefix
-    assert [t["role"] for t in default["turns"]] == ["long", "short"]
-    assert "The question asks" in default["turns"][0]["text"] and "To sum up" in default["turns"][1]["text"]
-    lean = asyncio.run(synthesize(record, SynthesisConfig(top_fraction=0.25, keep_first=False, end_at="first")))
-    assert [t["text"] for t in lean["turns"]] == ["<think>\nSo 2 + 3 = 5 apples.\n</think>",
-                                                 "<answer>\nThe final answer is \\boxed{5}.\n</answer>"]
-    assert check_transcript(lean["turns"]) == []
-    later = asyncio.run(synthesize(record, SynthesisConfig(top_fraction=0.25, end_at="first")))
-    assert "Let me check" not in "".join(t["text"] for t in later["turns"]) and later["turns"][0]["role"] == "long"
-    with pytest.raises(ValueError, match="end_at must be one of last, first"):
-        SynthesisConfig(end_at="middle")
+DERIVED_LATE = {"id": "p", "question": "12 apples and 13 more, then four times as many?", "answer": "100",
+                "thoughts": thoughts_of(
+                    ("The question asks for the apples.", 0.0, 0.0),
+                    ("First 12 + 13 = 25 apples.", 0.0, 0.0),  # the rollouts cannot finish from here yet
+                    ("Then 25 * 4 = 100 apples.", 1.0, 1.0),
+                    ("Let me check: 100 / 4 = 25. Yes.", 1.0, 0.0),
+                    ("To sum up: 12 + 13 = 25, then 25 * 4 = 100.", 1.0, 0.0))}
+
+
+@pytest.mark.parametrize("keep_first", [True, False])
+@pytest.mark.parametrize("end_at", ["last", "first"])
+@pytest.mark.parametrize("top_fraction", [0.1, 0.3, 1.0])
+def test_no_transcript_rule_deletes_the_derivation_before_the_first_important_thought(keep_first, end_at,
+                                                                                       top_fraction):
+    """Only the last step lifts the rollouts' accuracy; the step it builds on must not vanish, under any
+    combination of the lean rules (the old keep_first=false + end_at=first taught "25 * 4 = 100" alone)."""
+    config = SynthesisConfig(top_fraction=top_fraction, keep_first=keep_first, end_at=end_at)
+    transcript = asyncio.run(synthesize(DERIVED_LATE, config)).transcript
+    text = "\n".join(t["text"] for t in transcript["turns"])
+    assert "12 + 13 = 25" in text and "25 * 4 = 100 apples" in text and check_transcript(transcript["turns"]) == []
+    assert "Let me check" not in text and "To sum up" not in text
+    if not keep_first:  # the long agent speaks first: the derivation's equation opens its turn
+        assert transcript["turns"][0]["text"] == "<think>\n12 + 13 = 25.\n\nThen 25 * 4 = 100 apples.\n</think>"
+    # no thought adds to the no-thinking accuracy: no long thought, the derivation's equations are the long turn
+    flat = {**DERIVED_LATE, "thoughts": [{**t, "score": 0.0} for t in DERIVED_LATE["thoughts"]]}
+    assert asyncio.run(synthesize(flat, config)).transcript["turns"][0]["text"] == (
+        "<think>\nThe question asks for the apples.\n</think>" if keep_first
+        else "<think>\n12 + 13 = 25. 25 * 4 = 100.\n</think>")
+
+
+def test_a_transcript_whose_kept_arithmetic_does_not_lead_to_the_answer_is_dropped():
+    async def vague(question: str, text: str) -> str:  # a compressor that loses the derivation
+        return "Add the apples."
+
+    result = asyncio.run(synthesize(DERIVED_LATE, SynthesisConfig(), vague))
+    assert result.transcript is None and result.drop == "inconsistent" and "uses 25" in result.detail
+    wrong = {**DERIVED_LATE, "answer": "101"}  # the kept steps give 100
+    assert asyncio.run(synthesize(wrong)).drop == "inconsistent"
+    assert inconsistency("x - 2 = 3. So x = 5.", "Find x when x - 2 = 3.", "5") is None
+    assert inconsistency("25 * 4 = 100.", "12 apples and 13 more, four times?", "100").startswith(
+        "25 * 4 = 100 uses 25")
+    assert inconsistency("It is seven.", "Q?", "7") == "nothing kept states the answer 7"
+
+
+def test_every_turn_fits_its_agents_max_new_tokens():
+    tok = tiny_tokenizer()
+    step = "Then 25 * 4 = 100 apples, since each of the four crates holds the same twenty five apples."
+    record = {"id": "p", "question": "12 apples and 13 more, then four times as many?", "answer": "100",
+              "thoughts": thoughts_of(("First 12 + 13 = 25 apples, counting both baskets together as one.", 0.5, 0.5),
+                                      (f"{step}\n\nSo there are 100 apples.", 1.0, 0.5))}
+    cap = TurnCaps.of(tok, 0, 0).count(f"<think>\n{step}\n</think>")
+    caps = TurnCaps.of(tok, cap, 64)
+    result = asyncio.run(synthesize(record, SynthesisConfig(top_fraction=1.0), caps=caps))
+    turns = result.transcript["turns"]
+    assert all(caps.count(t["text"]) <= (cap if t["role"] == "long" else 64) for t in turns)
+    # both thoughts together do not fit one turn, the second not even alone: split at thoughts, then steps
+    assert [t["role"] for t in turns] == ["long", "short", "long", "short", "long", "short"]
+    assert turns[1]["text"] == turns[3]["text"] == "<answer>\nContinue.\n</rethink>" and step in turns[2]["text"]
+    assert check_transcript(turns) == []
+    assert asyncio.run(synthesize(record, SynthesisConfig(top_fraction=1.0), caps=TurnCaps.of(tok, cap - 1, 64))
+                       ).drop == "turn_too_long"  # a step longer than the cap cannot be split further
+    assert asyncio.run(synthesize(record, SynthesisConfig(top_fraction=1.0), caps=TurnCaps.of(tok, cap, 8))
+                       ).drop == "turn_too_long"  # nor can the final short turn
+    # six turns and their tokens must also fit what an episode allows
+    for max_turns, max_tokens in ((5, None), (None, sum(caps.count(t["text"]) for t in turns) - 1)):
+        assert asyncio.run(synthesize(record, SynthesisConfig(top_fraction=1.0), caps=TurnCaps.of(
+            tok, cap, 64, max_turns, max_tokens))).drop == "episode_too_long"
 
 
 def test_entropy_analysis_ranks_steps_by_each_chosen_score_and_keeps_its_chains(tiny_dir, tmp_path, monkeypatch):
@@ -471,7 +540,7 @@ def test_importance_figure_is_written(tmp_path):
     from longshort.analysis.importance import ImportanceResult, ThoughtScore, plot_importance
 
     def thought(i, accuracy):
-        return ThoughtScore(i, "plan", f"t{i}", 10 * (i + 1), int(4 * accuracy), 4, accuracy, 0.9, 0.9 * accuracy)
+        return ThoughtScore(i, "plan", f"t{i}", 10 * (i + 1), int(4 * accuracy), 4, accuracy, 0.9, 0.25, 0.9 * 0.25)
 
     results = [ImportanceResult("a", "q", "1", 0.25, [thought(0, 0.5), thought(1, 1.0)]),
                ImportanceResult("b", "q", "2", 0.0, [thought(0, 0.25)])]

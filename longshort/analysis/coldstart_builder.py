@@ -10,19 +10,25 @@ this module runs them per problem with the settings of ``sft.synthesis``:
    ``remote`` engine) or read from a JSONL of existing chains (``sft.synthesis.chains``; rows are
    matched to problems by ``id``, else by the question text);
 2. steps at blank lines on the teacher's token ids, grouped into thoughts (rule or LLM chunker);
-3. ``A_i``, ``delta(y_i)`` and ``S_i`` from ``rollouts`` answers after every prefix of thoughts;
-4. the transcript: important thoughts verbatim in long turns, the rest compressed in short turns,
-   checked with the agents' own format checks.
+3. ``A_i``, ``delta(y_i)`` and the marginal-gain score ``S_i`` from ``rollouts`` answers after every
+   prefix of thoughts (``importance``);
+4. the transcript: important thoughts verbatim in long turns, the rest compressed to their equations
+   in short turns, every turn within its agent's ``max_new_tokens`` (the recipe's
+   ``agents.<role>.sampling``, counted with the teacher's tokenizer) and the whole within an episode's
+   ``env.max_turns`` and ``env.max_total_tokens``, the kept arithmetic consistent
+   with the gold answer, checked with the agents' own format checks (``synthesis``).
 
 Every problem ends in one line of ``synthesis_progress.jsonl`` (kept with its transcript, or dropped
 with the reason, and its scored thoughts), appended after each batch of ``batch_problems`` problems,
 so a half-built cold start that is started again continues with the problems not yet done. The
 settings the lines were made with are kept beside them; a restart with other settings refuses to mix
 the two, except for the transcript rules (``TRANSCRIPT_RULES``: ``top_fraction``, ``threshold``,
-``max_chars``, ``compressor``, ``keep_first``, ``end_at``): changing only those re-synthesises the
-transcripts from the kept thoughts and scores in seconds, so the long/short split can be tuned
-without new chains or rollouts.
-``synthesis_summary.json`` holds the counts; ``<role>.jsonl`` the SFT sets (as every builder).
+``max_chars``, ``compressor``, ``keep_first``, ``end_at``, the agents' ``turn_caps`` and the
+``scoring`` rule): changing only those re-synthesises the transcripts from the kept thoughts and
+their raw ``A_i`` in seconds, so the long/short split can be tuned without new chains or rollouts
+(lines scored by the old cumulative rule are re-scored by the gain, ``importance.rescore``).
+``synthesis_summary.json`` holds the counts (problems kept and dropped per reason, thoughts kept
+long, compressed or dropped); ``<role>.jsonl`` the SFT sets (as every builder).
 """
 from __future__ import annotations
 
@@ -37,9 +43,9 @@ from typing import Any, Sequence
 
 from longshort.analysis.chains import FORCED_FORMAT, R1_FORMAT, ChainFormat, generate_chains
 from longshort.analysis.chunking import LLMChunker, RuleChunker, thoughts_from_blocks, validate_blocks
-from longshort.analysis.importance import score_thoughts
+from longshort.analysis.importance import SCORING, rescore, score_thoughts
 from longshort.analysis.steps import Step, StepSegmenter, segment_text, thinking_text
-from longshort.analysis.synthesis import LLMCompressor, SynthesisConfig, check_transcript, synthesize
+from longshort.analysis.synthesis import LLMCompressor, SynthesisConfig, TurnCaps, check_transcript, synthesize
 from longshort.coldstart import write_records
 from longshort.config import Config, SynthesisColdstartConfig
 from longshort.data import Problem
@@ -59,8 +65,13 @@ DROP_REASONS = {
     "empty_chain": "its chain has no thinking text",
     "unsegmentable": "the teacher's tokenizer does not round-trip its chain, so it cannot be cut into steps",
     "never_reaches_gold": "no prefix of its thoughts leads the rollouts to the gold answer",
+    "turn_too_long": "a step it must keep does not fit its agent's max_new_tokens",
+    "episode_too_long": "its transcript has more turns or tokens than an episode allows (env.max_turns, "
+                        "env.max_total_tokens)",
+    "inconsistent": "its kept arithmetic does not lead to the gold answer",
     "format": "a synthesised turn fails its agent's format check",
 }
+THOUGHT_FATES = ("long", "compressed", "dropped")  # what became of a kept transcript's thoughts
 
 
 class SynthesisError(ValueError):
@@ -156,6 +167,7 @@ class _Context:
     chains: tuple[dict[str, str], dict[str, str]] | None
     llm_chunker: LLMChunker | None
     compressor: LLMCompressor | None
+    caps: TurnCaps
 
 
 async def _steps(problem: Problem, ctx: _Context) -> tuple[list[Step] | None, str | None, dict]:
@@ -211,20 +223,23 @@ async def process(problem: Problem, ctx: _Context) -> dict:
     row.update(steps=len(steps), thoughts=len(thoughts), chunker=chunker, baseline=scored.baseline,
                accuracy=[t.accuracy for t in scored.thoughts], scores=[t.score for t in scored.thoughts],
                scored=scored.to_dict())
-    return {**row, **await transcript_fields(row["scored"], settings, ctx.compressor)}
+    return {**row, **await transcript_fields(row["scored"], settings, ctx.compressor, ctx.caps)}
 
 
-async def transcript_fields(scored: dict, settings: SynthesisColdstartConfig,
-                            compressor: LLMCompressor | None) -> dict:
-    """``status`` and ``transcript`` (+ ``format_problems``) of a scored chain under the transcript rules."""
-    transcript = await synthesize(scored, SynthesisConfig(settings.top_fraction, settings.threshold, settings.max_chars,
-                                                          settings.keep_first, settings.end_at), compressor)
-    if transcript is None:
-        return {"status": "never_reaches_gold", "transcript": None}
-    problems = check_transcript(transcript["turns"])
+async def transcript_fields(scored: dict, settings: SynthesisColdstartConfig, compressor: LLMCompressor | None,
+                            caps: TurnCaps) -> dict:
+    """``status``, ``transcript`` and ``thought_fates`` (+ ``format_problems`` or ``why``) of a scored
+    chain under the transcript rules."""
+    result = await synthesize(scored, SynthesisConfig(settings.top_fraction, settings.threshold, settings.max_chars,
+                                                      settings.keep_first, settings.end_at), compressor, caps)
+    fields = {"thought_fates": result.thoughts}
+    if result.transcript is None:
+        why = {"why": result.detail} if result.detail else {}
+        return {**fields, "status": result.drop, "transcript": None, **why}
+    problems = check_transcript(result.transcript["turns"])
     if problems:
-        return {"status": "format", "format_problems": problems, "transcript": None}
-    return {"status": "kept", "transcript": transcript}
+        return {**fields, "status": "format", "format_problems": problems, "transcript": None}
+    return {**fields, "status": "kept", "transcript": result.transcript}
 
 
 # ----------------------------------------------------------------------------------------- progress
@@ -243,21 +258,28 @@ def read_progress(path: Path) -> dict[str, dict]:
 
 # Settings that only decide how scored thoughts become a transcript: changing them re-synthesises the
 # transcripts from the thoughts and scores each progress line keeps, with no new chains or rollouts.
-TRANSCRIPT_RULES = ("top_fraction", "threshold", "max_chars", "compressor", "keep_first", "end_at")
+# ``turn_caps`` (the agents' max_new_tokens, the episode's turns and tokens) and ``scoring``
+# (importance.SCORING) are not sft.synthesis settings but decide the transcripts as much. A settings file without a key was written before it
+# existed (or before its default changed): _BEFORE holds the rule of that time.
+TRANSCRIPT_RULES = ("top_fraction", "threshold", "max_chars", "compressor", "keep_first", "end_at", "turn_caps",
+                    "scoring")
+_BEFORE = {"turn_caps": None, "scoring": "cumulative", "keep_first": True}  # keep_first's default was True
 
 
-def _check_settings(out_dir: Path, settings: SynthesisColdstartConfig, done: dict[str, dict]) -> bool:
+def _check_settings(out_dir: Path, settings: SynthesisColdstartConfig, done: dict[str, dict],
+                    caps: tuple[int, int]) -> bool:
     """Refuse to continue a half-built cold start made with other settings (what a line means depends on
     them), unless only ``TRANSCRIPT_RULES`` changed and every scored line kept its thoughts: then True
     (the caller re-synthesises those lines)."""
     path = out_dir / SETTINGS_FILE
-    current = dataclasses.asdict(settings)
+    current = {**dataclasses.asdict(settings), "turn_caps": list(caps), "scoring": SCORING}
     for key in ("batch_problems", "max_batch_size", "tensor_parallel_size", "gpu_memory_utilization", "remote_url"):
         current.pop(key)  # how it runs, not what it makes
     changed: list[str] = []
     if path.is_file() and done:
         previous = json.loads(path.read_text())
-        defaults = dataclasses.asdict(SynthesisColdstartConfig())  # a setting added since: its default was the rule
+        # a setting added since: its default (or _BEFORE's value) was the rule
+        defaults = {**dataclasses.asdict(SynthesisColdstartConfig()), **_BEFORE}
         changed = sorted(k for k in current if previous.get(k, defaults[k]) != current[k])
         unscored = [row["id"] for row in done.values() if "thoughts" in row and "scored" not in row]
         rules_only = set(changed) <= set(TRANSCRIPT_RULES)
@@ -277,13 +299,17 @@ def _check_settings(out_dir: Path, settings: SynthesisColdstartConfig, done: dic
 
 
 def resynthesise(done: dict[str, dict], settings: SynthesisColdstartConfig, progress_path: Path,
-                 compressor: LLMCompressor | None) -> None:
-    """Rewrite every scored progress line's transcript under the current rules (atomically)."""
+                 compressor: LLMCompressor | None, caps: TurnCaps) -> None:
+    """Rewrite every scored progress line's scores (from its raw A_i) and transcript under the current
+    rules (atomically)."""
     async def redo(row: dict) -> dict:
         if "scored" not in row:  # dropped before scoring (no chain, ...): no rule changes that
             return row
-        kept = {k: v for k, v in row.items() if k not in ("status", "transcript", "format_problems")}
-        return {**kept, **await transcript_fields(row["scored"], settings, compressor)}
+        scored = rescore(row["scored"])
+        kept = {k: v for k, v in row.items()
+                if k not in ("status", "transcript", "format_problems", "why", "thought_fates")}
+        kept.update(scored=scored, scores=[t["score"] for t in scored["thoughts"]])
+        return {**kept, **await transcript_fields(scored, settings, compressor, caps)}
 
     async def redo_all() -> list[dict]:
         return list(await asyncio.gather(*(redo(row) for row in done.values())))
@@ -304,10 +330,34 @@ def _progress_bar(total: int, done: int):
     return progress, task
 
 
+def thought_fates(rows: Sequence[dict]) -> dict[str, int]:
+    """Thoughts of the kept transcripts by fate (``THOUGHT_FATES``), summed."""
+    return {fate: sum(r.get("thought_fates", {}).get(fate, 0) for r in rows if r["status"] == "kept")
+            for fate in THOUGHT_FATES}
+
+
 def counts_line(rows: Sequence[dict]) -> str:
     counts = Counter(row["status"] for row in rows)
     dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()) if reason != "kept")
-    return f"kept {counts.get('kept', 0)}" + (f"; dropped: {dropped}" if dropped else "")
+    fates = ", ".join(f"{n} {fate}" for fate, n in thought_fates(rows).items())
+    return (f"kept {counts.get('kept', 0)}" + (f"; dropped: {dropped}" if dropped else "")
+            + f" (their thoughts: {fates})")
+
+
+def turn_caps(config: Config) -> tuple[int, int, int, int]:
+    """(long, short) agents' ``max_new_tokens`` (the first agent is the long one, as ``synthesis_coldstart``),
+    then the episode's ``env.max_turns`` and ``env.max_total_tokens``."""
+    long_role, short_role = list(config.agents)[:2]
+    return (config.agents[long_role].sampling.max_new_tokens, config.agents[short_role].sampling.max_new_tokens,
+            config.env.max_turns, config.env.max_total_tokens)
+
+
+def caps_tokenizer(settings: SynthesisColdstartConfig):
+    """The tokenizer that measures the turns when no teacher is started (re-synthesis only): the teacher's,
+    as when it runs (the shipped recipes' agents are the teacher's model family, so its counts are theirs)."""
+    from longshort.models import load_tokenizer
+
+    return load_tokenizer(settings.teacher)
 
 
 def build(config: Config, problems: Sequence[Problem], out_dir: Path, *, engine: Engine | None = None
@@ -321,7 +371,8 @@ def build(config: Config, problems: Sequence[Problem], out_dir: Path, *, engine:
     out_dir = Path(out_dir)
     progress_path = out_dir / PROGRESS_FILE
     done = read_progress(progress_path)
-    rules_changed = _check_settings(out_dir, settings, done)
+    caps = turn_caps(config)
+    rules_changed = _check_settings(out_dir, settings, done, caps)
     todo = [p for p in problems if p.id not in done]
     if done:
         logger.info("cold start (synthesis): %d of %d problems done already in %s; continuing",
@@ -331,29 +382,35 @@ def build(config: Config, problems: Sequence[Problem], out_dir: Path, *, engine:
     if own_engine:
         engine = teacher_engine(settings, config.seed)
     try:
+        if rules_changed or todo:
+            measure = TurnCaps.of(engine.tokenizer if engine is not None else caps_tokenizer(settings), *caps)
         if rules_changed:
             resynthesise(done, settings, progress_path,
-                         LLMCompressor(engine, max_chars=settings.max_chars) if llm_compressing else None)
+                         LLMCompressor(engine, max_chars=settings.max_chars) if llm_compressing else None, measure)
         if todo:
-            _run(todo, settings, engine, progress_path, done, len(problems))
+            _run(todo, settings, engine, progress_path, done, len(problems), measure)
     finally:
         if own_engine:
             release(engine)
     rows = [done[p.id] for p in problems if p.id in done]
     summary = {"problems": len(rows), "kept": sum(r["status"] == "kept" for r in rows),
                "dropped": dict(sorted(Counter(r["status"] for r in rows if r["status"] != "kept").items())),
+               "thoughts": thought_fates(rows), "turn_caps": dict(zip(("long", "short", "turns", "total"), caps)),
                "teacher": settings.teacher, "engine": settings.engine, "chains": settings.chains}
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    logger.info("cold start (synthesis): %s (of %d problems)", counts_line(rows), len(rows))
+    line = f"cold start (synthesis): {counts_line(rows)} (of {len(rows)} problems)"
+    logger.info(line)
+    print(line, flush=True)
     return [r["transcript"] for r in rows if r["status"] == "kept"], summary
 
 
 def _run(todo: list[Problem], settings: SynthesisColdstartConfig, engine: Engine, progress_path: Path,
-         done: dict[str, dict], total: int) -> None:
+         done: dict[str, dict], total: int, caps: TurnCaps) -> None:
     ctx = _Context(settings, engine, chain_format(settings), StepSegmenter(engine.tokenizer), Verifier(),
                    read_chains(settings.chains) if settings.chains else None,
                    LLMChunker(engine) if settings.chunker == "llm" else None,
-                   LLMCompressor(engine, max_chars=settings.max_chars) if settings.compressor == "llm" else None)
+                   LLMCompressor(engine, max_chars=settings.max_chars) if settings.compressor == "llm" else None,
+                   caps)
     bar, task = _progress_bar(total, total - len(todo))
     size = max(1, settings.batch_problems)
 

@@ -9,10 +9,15 @@ and a decay term delta(y_i) favours thoughts reached with shorter context; the j
   are sampled from it and graded with ``longshort.verify``: ``A_i = N_right / N_sum``;
 - ``y_i`` = tokens of thoughts 1..i; ``delta(y_i) = 1 - y_i / y_K`` (linear) or ``exp(-lam * y_i / y_K)``
   (the default: the linear decay is 0 at the last thought, so its score says nothing);
-- ``S_i = A_i * delta(y_i)``, and ``0 <= S_i <= A_i <= 1`` because both factors lie in [0, 1].
+- the gain of thought i is what it adds to the accuracy: ``g_i = A_i - A_(i-1)``, with ``A_0`` the
+  accuracy after the empty prefix (no thought at all, reported as ``baseline``) for the first one;
+- ``S_i = g_i * delta(y_i)``, so ``-1 <= S_i <= 1`` and ``|S_i| <= |g_i|``.
 
-The empty prefix (no thought at all) is rolled out too and reported as ``baseline``: the paper's
-Figure 2 finds its best accuracy there, so a thought is only worth its tokens if it beats it.
+Scoring by the gain is OUR READING of "the effectiveness of each thought", not a confirmed formula.
+The other reading, ``S_i = A_i * delta(y_i)``, is cumulative: once the answer first appears every
+later thought (rechecks, summaries) inherits its prefix's accuracy, and the empty-thinking accuracy
+is never used, although the paper's Figure 2 finds its best accuracy there. The raw ``A_i`` are kept
+with every score (``accuracy``), so either reading can be recomputed (``rescore``).
 
     python -m longshort.analysis.importance --limit 16 --out runs/importance
     python -m longshort.analysis.importance --chunks runs/chunk/chunks.jsonl --out runs/importance
@@ -57,7 +62,8 @@ class ThoughtScore:
     n_sum: int
     accuracy: float  # A_i
     decay: float  # delta(y_i)
-    score: float  # S_i = A_i * delta(y_i)
+    gain: float  # g_i = A_i - A_(i-1), A_0 = the baseline
+    score: float  # S_i = g_i * delta(y_i)
 
 
 @dataclass
@@ -90,11 +96,26 @@ async def score_thoughts(engine: Engine, problem_id: str, question: str, gold: s
     lengths = [len(tokenizer.encode(prefix, add_special_tokens=False)) for prefix in prefixes]
     scores = []
     for i, text in enumerate(thoughts):
-        accuracy = right[i + 1] / n_rollouts
+        accuracy, before = right[i + 1] / n_rollouts, right[i] / n_rollouts
         factor = decay(lengths[i + 1], lengths[-1], decay_kind, lam)
         scores.append(ThoughtScore(i, kinds[i] if kinds else "", text, lengths[i + 1], right[i + 1], n_rollouts,
-                                   accuracy, factor, accuracy * factor))
+                                   accuracy, factor, accuracy - before, (accuracy - before) * factor))
     return ImportanceResult(problem_id, question, gold, right[0] / n_rollouts, scores)
+
+
+SCORING = "marginal_gain"  # the rule S_i follows; progress files from before it say "cumulative"
+
+
+def rescore(scored: dict) -> dict:
+    """A scored record (``ImportanceResult.to_dict()``, or one written before the gain existed, whose
+    ``score`` was ``A_i * delta(y_i)``) with ``gain`` and ``score`` computed from its raw ``A_i``,
+    baseline and decays under ``SCORING``: old progress lines need no new rollouts."""
+    thoughts, before = [], scored["baseline"]
+    for thought in scored["thoughts"]:
+        gain = thought["accuracy"] - before
+        thoughts.append({**thought, "gain": gain, "score": gain * thought["decay"]})
+        before = thought["accuracy"]
+    return {**scored, "thoughts": thoughts}
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -124,8 +145,8 @@ def plot_importance(results: Sequence[ImportanceResult], path: str | Path) -> Pa
     """S_i and A_i against the thought index: one faint line per chain, the mean per index on top,
     and the empty-thinking accuracy as a dashed reference (the paper's Fig. 3 shape)."""
     plt = plots.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, attr, title in ((axes[0], "score", "joint score S_i = A_i * delta(y_i)"),
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, attr, title in ((axes[0], "score", "joint score S_i = (A_i - A_(i-1)) * delta(y_i)"),
                             (axes[1], "accuracy", "rollout accuracy A_i")):
         by_index: dict[int, list[float]] = {}
         for r in results:
@@ -136,10 +157,10 @@ def plot_importance(results: Sequence[ImportanceResult], path: str | Path) -> Pa
         xs = sorted(by_index)
         ax.plot(xs, [sum(by_index[x]) / len(by_index[x]) for x in xs], color="tab:blue", marker="o", linewidth=2,
                 label="mean over chains")
-        if results:
+        if results and attr == "accuracy":
             ax.axhline(sum(r.baseline for r in results) / len(results), color="black", linestyle="--",
                        linewidth=1, label="no thinking (A_0)")
-        ax.set(title=title, xlabel="thought index i", ylim=(-0.02, 1.02))
+        ax.set(title=title, xlabel="thought index i", ylim=(-1.02 if attr == "score" else -0.02, 1.02))
         ax.legend(loc="upper right", fontsize=8)
     axes[0].set_ylabel("value")
     return plots.save(fig, path)
@@ -149,8 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     from longshort.analysis import cli_common as common
 
     parser = argparse.ArgumentParser(prog="python -m longshort.analysis.importance", description=(
-        "Monte Carlo thought importance: A_i, delta(y_i) and S_i per thought (a reconstruction, see the "
-        "module docstring). Writes scores.jsonl and importance.png."))
+        "Monte Carlo thought importance: A_i, its gain over the previous prefix, delta(y_i) and S_i per "
+        "thought (our reading of the paper, see the module docstring). Writes scores.jsonl and importance.png."))
     parser.add_argument("--chunks", help="JSONL from `python -m longshort.analysis.chunk`; default: the model's own "
                                          "chains for the chosen problems, grouped by the rule chunker")
     parser.add_argument("--out", default="runs/importance", help="output directory")
@@ -158,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--answer-tokens", type=int, default=32, help="token budget of each rollout's answer")
     parser.add_argument("--chain-tokens", type=int, default=256, help="token budget of a generated chain")
-    parser.add_argument("--thought-steps", type=int, default=2, help="steps per thought for generated chains")
+    parser.add_argument("--thought-steps", type=int, default=1, help="steps per thought for generated chains "
+                        "(as sft.synthesis.thought_max_steps)")
     parser.add_argument("--decay", choices=DECAYS, default="exp")
     parser.add_argument("--lam", type=float, default=1.0, help="rate of the exp decay")
     common.add_model_args(parser)
