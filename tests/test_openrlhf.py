@@ -217,7 +217,9 @@ def ping_pong_config(model: str, max_new_tokens: int = 5, group_size: int = 3) -
     return Config(agents={"ping": agent, "pong": replace(agent, trainable=False)},
                   env=EnvConfig(name="test_ping_pong", max_turns=5, max_total_tokens=400),
                   rollout=RolloutConfig(group_size=group_size),
-                  rewards=RewardsConfig(weights={"ping": {"format": 1.0, "length": 1.0}}))
+                  # the paper's ungated length term: no ping-pong episode is ever correct, so the default
+                  # gate would give every sample the same length value and leave nothing to check
+                  rewards=RewardsConfig(weights={"ping": {"format": 1.0, "length": 1.0}}, length_gate="paper"))
 
 
 def test_tiny_model_policy_through_the_real_executor(bridge):
