@@ -15,12 +15,11 @@ or ``"synthetic:<split>"``, a benchmark name, a ``.jsonl`` path, or a Hub datase
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
@@ -29,7 +28,7 @@ from longshort.errors import UserError
 from longshort.jsonl import JsonlError, read_jsonl
 from longshort.registry import BENCHMARKS, UnknownNameError, did_you_mean
 from longshort.data.problem import Problem
-from longshort.data.synthetic import SPLITS, split_seed, synthetic_problems
+from longshort.data.synthetic import split_seed, synthetic_problems
 
 if TYPE_CHECKING:
     from longshort.config import DataSourceConfig

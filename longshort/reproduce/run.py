@@ -37,7 +37,7 @@ from rich.console import Console
 from longshort.errors import UserError
 from longshort.config import ConfigError, load_config
 from longshort.paths import write_text_atomically
-from longshort.reproduce.tables import HELDOUT, RowSpec, TableError, TableSpec, load_table, seed_runs
+from longshort.reproduce.tables import RowSpec, TableError, TableSpec, load_table, seed_runs
 from longshort.reproduce.timing import Timings
 
 console = Console(stderr=True)
