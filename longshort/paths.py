@@ -2,13 +2,15 @@
 and how it writes what a kill must not leave half-written."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from longshort.errors import UserError
 
@@ -185,3 +187,19 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
+
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def holding(folder: Path, busy: Callable[[], Exception]) -> Iterator[None]:
+    """Hold ``folder/.lock`` for this process until the block ends; raise ``busy()`` when a live process
+    holds it already. ``flock`` is released by the kernel when its holder dies, even by SIGKILL, so a
+    killed run never leaves the folder stuck. ``folder`` must exist."""
+    with (Path(folder) / LOCK_FILE).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy() from None
+        yield

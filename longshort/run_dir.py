@@ -13,15 +13,13 @@ and a full disk reported against it.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from longshort.errors import UserError
-
-LOCK_FILE = ".lock"
+from longshort.paths import holding
 
 
 class RunDirError(UserError, OSError):
@@ -50,12 +48,8 @@ def make_run_dir(run: Path) -> None:
 def hold_run_dir(run: Path) -> Iterator[None]:
     """Create ``run`` and hold it for this process until the block ends; refuses a folder a live run holds."""
     make_run_dir(run)
-    with (run / LOCK_FILE).open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunDirError(f"output_dir={run} is in use by another running longshort.train; wait for it to "
-                              "finish (or stop it), or pass another output_dir") from None
+    with holding(run, lambda: RunDirError(f"output_dir={run} is in use by another running longshort.train; wait "
+                                          "for it to finish (or stop it), or pass another output_dir")):
         yield
 
 

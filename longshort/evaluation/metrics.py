@@ -69,13 +69,22 @@ class SetResult:
                       "accuracy_ci": tuple(ci) if ci else None})
 
 
-def per_item(records: Iterable[Record]) -> tuple[dict[str, float], dict[str, float]]:
-    """(accuracy, mean generated tokens) of each item over its samples: what paired comparisons pair."""
+def group_by_item(records: Iterable[Record]) -> dict[str, list[Record]]:
     by_item: dict[str, list[Record]] = {}
     for record in records:
         by_item.setdefault(record.id, []).append(record)
-    return ({item: sum(r.correct for r in rs) / len(rs) for item, rs in by_item.items()},
-            {item: sum(r.total_tokens for r in rs) / len(rs) for item, rs in by_item.items()})
+    return by_item
+
+
+def item_accuracy(by_item: Mapping[str, list[Record]]) -> dict[str, float]:
+    """Each item's accuracy over its samples."""
+    return {item: sum(r.correct for r in rs) / len(rs) for item, rs in by_item.items()}
+
+
+def per_item(records: Iterable[Record]) -> tuple[dict[str, float], dict[str, float]]:
+    """(accuracy, mean generated tokens) of each item over its samples: what paired comparisons pair."""
+    by_item = group_by_item(records)
+    return item_accuracy(by_item), {item: sum(r.total_tokens for r in rs) / len(rs) for item, rs in by_item.items()}
 
 
 def summarize(name: str, records: Iterable[Record], samples: int,
@@ -85,10 +94,8 @@ def summarize(name: str, records: Iterable[Record], samples: int,
     records = list(records)
     if not records:
         raise ValueError(f"no records to summarize for '{name}'")
-    by_item: dict[str, list[Record]] = {}
-    for record in records:
-        by_item.setdefault(record.id, []).append(record)
-    accuracy_of, _ = per_item(records)
+    by_item = group_by_item(records)
+    accuracy_of = item_accuracy(by_item)
     per_item_accuracy = list(accuracy_of.values())
     interval = mean_interval(per_item_accuracy)
     strata: dict[int, list[float]] = {}

@@ -14,7 +14,7 @@ from typing import Mapping
 
 from longshort.errors import UserError
 from longshort.evaluation.metrics import per_item
-from longshort.evaluation.records import RecordFile
+from longshort.evaluation.records import Record, RecordFile
 from longshort.evaluation.stats import PairedDifference, paired_difference
 from longshort.paths import write_text_atomically
 
@@ -32,6 +32,16 @@ def set_records(out_dir: str | Path, name: str):
     return list(RecordFile(path).load().values())
 
 
+def records_difference(a: list[Record], b: list[Record]) -> PairedDifference | None:
+    """A - B on the items both sets of records hold (None when they share none); McNemar when every
+    item has one sample on both sides."""
+    (a_acc, a_tok), (b_acc, b_tok) = per_item(a), per_item(b)
+    if not set(a_acc) & set(b_acc):
+        return None
+    binary = all(r.sample == 0 for r in (*a, *b))  # records are keyed by (item, sample): only sample 0 means k = 1
+    return paired_difference(a_acc, b_acc, a_tokens=a_tok, b_tokens=b_tok, binary=binary)
+
+
 def compare_sets(a_dir: str | Path, b_dir: str | Path, names: list[str] | None = None) -> dict[str, PairedDifference]:
     """A - B for every set both folders evaluated (or the ``names`` given)."""
     sets = names or sorted({p.stem for p in (Path(a_dir) / "records").glob("*.jsonl")}
@@ -40,18 +50,11 @@ def compare_sets(a_dir: str | Path, b_dir: str | Path, names: list[str] | None =
         raise PairedError(f"{a_dir} and {b_dir} share no evaluated set: evaluate both on the same problems")
     out = {}
     for name in sets:
-        a, b = set_records(a_dir, name), set_records(b_dir, name)
-        (a_acc, a_tok), (b_acc, b_tok) = per_item(a), per_item(b)
-        binary = all(n == 1 for n in _samples(a).values()) and all(n == 1 for n in _samples(b).values())
-        out[name] = paired_difference(a_acc, b_acc, a_tokens=a_tok, b_tokens=b_tok, binary=binary)
+        diff = records_difference(set_records(a_dir, name), set_records(b_dir, name))
+        if diff is None:
+            raise PairedError(f"{a_dir} and {b_dir} share no item of set '{name}': evaluate both on the same problems")
+        out[name] = diff
     return out
-
-
-def _samples(records) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for record in records:
-        counts[record.id] = counts.get(record.id, 0) + 1
-    return counts
 
 
 def verdict(diff: PairedDifference, margin: float = MARGIN) -> str:

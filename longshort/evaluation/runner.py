@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fcntl
 import json
 import shutil
 import time
@@ -47,7 +46,7 @@ from longshort.evaluation.records import Record, RecordFile
 from longshort.evaluation.report import ordered_sets, write_report
 from longshort.evaluation.results import Results
 from longshort.models import MODEL_ALIASES
-from longshort.paths import write_text_atomically
+from longshort.paths import holding, write_text_atomically
 from longshort.plain_progress import PlainProgress, on_terminal
 from longshort.registry import ENVS
 from longshort.rollout import RolloutRunner, build_agents, build_engines, build_env_factory
@@ -112,18 +111,11 @@ def _fingerprint(eval_config: Config) -> dict:
 
 @contextmanager
 def _exclusive(out_dir: Path) -> Iterator[None]:
-    """Hold ``out_dir`` for one evaluation at a time: two writers would play the same episodes twice.
-
-    ``flock`` is released by the kernel when its holder dies, even by SIGKILL, so no stale lock
-    can block a resume.
-    """
+    """Hold ``out_dir`` for one evaluation at a time: two writers would play the same episodes twice
+    (``paths.holding``: a killed evaluation leaves no stale lock)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / ".lock").open("w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise EvalError(f"another evaluation is writing to {out_dir}; wait for it to finish, or pass "
-                            "out=<another folder>") from None
+    with holding(out_dir, lambda: EvalError(f"another evaluation is writing to {out_dir}; wait for it to finish, "
+                                            "or pass out=<another folder>")):
         yield
 
 

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from longshort.analysis.redundancy import RedundancyScore, pruning_answer_records, pruning_results
-from longshort.evaluation.metrics import SetResult, per_item, summarize
-from longshort.evaluation.paired import MARGIN, verdict
+from longshort.evaluation.metrics import SetResult, summarize
+from longshort.evaluation.paired import MARGIN, records_difference, verdict
 from longshort.evaluation.published import PUBLISHED
 from longshort.evaluation.records import Record, RecordFile
 from longshort.evaluation.report import comparison_table, markdown_table, plot, row_of, row_of_published
 from longshort.evaluation.results import Results
-from longshort.evaluation.stats import PairedDifference, paired_difference, seed_summary
+from longshort.evaluation.stats import PairedDifference, seed_summary
 from longshort.paths import write_text_atomically
 from longshort.reproduce.tables import HELDOUT, RowSpec, TableSpec
 from longshort.reproduce.timing import where_time_went
@@ -156,10 +156,7 @@ def set_names(spec: TableSpec) -> list[str]:
 def paired(a: Measured, b: Measured, name: str) -> PairedDifference | None:
     if name not in a.records or name not in b.records:
         return None
-    (a_acc, a_tok), (b_acc, b_tok) = per_item(a.records[name]), per_item(b.records[name])
-    if not set(a_acc) & set(b_acc):
-        return None
-    return paired_difference(a_acc, b_acc, a_tokens=a_tok, b_tokens=b_tok)
+    return records_difference(a.records[name], b.records[name])
 
 
 def _ci(result: SetResult) -> str:

@@ -55,9 +55,10 @@ def length(group: list[Episode], role: str, ctx: RewardContext) -> list[float]:
         floor = min(values, default=0.0)
         return [v if ep.outcome.correct else floor for ep, v in zip(group, values)]
     own = [n for ep, n in zip(group, counts) if acted(ep, role)]  # a silent agent is not "short"
-    spread = bool(own) and max(own) > min(own)
-    low, high = (min(own), max(own)) if spread else (0, 1)
-    lams = [0.5 - (n - low) / (high - low) if spread and acted(ep, role) else 0.0 for ep, n in zip(group, counts)]
+    lams = [0.0] * len(group)
+    if own and max(own) > min(own):
+        low, high = min(own), max(own)
+        lams = [0.5 - (n - low) / (high - low) if acted(ep, role) else 0.0 for ep, n in zip(group, counts)]
     if ctx.length_gate == "paper":
         gated = ctx.agents[role].gives_answer
         return [lam if (ep.outcome.correct or not gated) else min(0.0, lam) for ep, lam in zip(group, lams)]
